@@ -1,0 +1,126 @@
+"""The fused persona mixture: E LoRA experts on one frozen nn.Linear, mixed by routing weights.
+
+    y = base(x) + s * sum_e w_e * B_e A_e x,    s = alpha / r
+
+The experts are stored stacked (A: E x r x d_in, B: E x d_out x r) so the whole mixture costs two matmuls, the
+same as one LoRA of rank E*r: ``h = x A_stack^T`` (all experts at once), gate h by the weights, ``y_delta = h
+B_stack^T``. When per-sequence weights are sparse (top-k routing) only the k chosen experts are gathered, so the
+cost is that of a rank k*r LoRA. ``naive_mixture_delta`` is the plain per-expert loop the fused paths must equal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Routing weights as the mixture layers consume them; build with ``make_routing``."""
+
+    weights: Tensor  # (B, E) per sequence or (B, T, E) per token
+    indices: Tensor | None  # (B, k) experts with non-zero weight, per-sequence sparse routing only
+    topk_weights: Tensor | None  # (B, k) their weights
+
+
+def make_routing(weights: Tensor, num_experts: int) -> Routing:
+    """Validates weights (B, E) or (B, T, E) and precomputes the sparse gather when few experts are active."""
+    if not isinstance(weights, Tensor):
+        raise ValueError(f"routing weights must be a torch.Tensor, got {type(weights).__name__}")
+    if weights.dim() not in (2, 3) or weights.shape[-1] != num_experts:
+        raise ValueError(
+            f"routing weights must have shape (batch, {num_experts}) or (batch, seq, {num_experts}), "
+            f"got {tuple(weights.shape)}"
+        )
+    if not torch.isfinite(weights).all():
+        raise ValueError("routing weights contain NaN or inf")
+    if (weights < 0).any():
+        raise ValueError("routing weights must be >= 0")
+    if weights.dim() == 3:
+        return Routing(weights, None, None)
+    active = int((weights != 0).sum(-1).max())
+    if active >= num_experts:
+        return Routing(weights, None, None)
+    # Rows with fewer active experts pick up zero-weight ones, which contribute exactly nothing.
+    topk_weights, indices = weights.topk(max(active, 1), dim=-1)
+    return Routing(weights, indices, topk_weights)
+
+
+def fused_mixture_delta(x: Tensor, lora_A: Tensor, lora_B: Tensor, routing: Routing, scaling: float) -> Tensor:
+    """s * sum_e w_e B_e A_e x with two (batched) matmuls. x (B, T, d_in) -> (B, T, d_out)."""
+    batch, seq, d_in = x.shape
+    num_experts, rank, _ = lora_A.shape
+    d_out = lora_B.shape[1]
+    if routing.indices is not None:  # sparse per-sequence: gather the k chosen experts of each row
+        k = routing.indices.shape[1]
+        a = lora_A[routing.indices].reshape(batch, k * rank, d_in)  # (B, k*r, d_in)
+        h = torch.bmm(x, a.transpose(1, 2)).view(batch, seq, k, rank)  # (B, T, k, r)
+        h = h * (scaling * routing.topk_weights).to(h.dtype)[:, None, :, None]
+        b = lora_B[routing.indices].permute(0, 2, 1, 3).reshape(batch, d_out, k * rank)  # (B, d_out, k*r)
+        return torch.bmm(h.reshape(batch, seq, k * rank), b.transpose(1, 2))
+    weights = routing.weights.to(x.dtype)
+    gate = weights[:, None, :, None] if weights.dim() == 2 else weights[..., None]  # (B, 1|T, E, 1)
+    h = F.linear(x, lora_A.reshape(num_experts * rank, d_in)).view(batch, seq, num_experts, rank)
+    h = (h * (scaling * gate)).reshape(batch, seq, num_experts * rank)  # (B, T, E*r)
+    return F.linear(h, lora_B.permute(1, 0, 2).reshape(d_out, num_experts * rank))
+
+
+def naive_mixture_delta(x: Tensor, lora_A: Tensor, lora_B: Tensor, routing: Routing, scaling: float) -> Tensor:
+    """The reference: one LoRA pass per expert, summed. Same signature and result as the fused version."""
+    weights = routing.weights.to(x.dtype)
+    out = torch.zeros(*x.shape[:-1], lora_B.shape[1], dtype=x.dtype, device=x.device)
+    for e in range(lora_A.shape[0]):
+        w = weights[:, e, None, None] if weights.dim() == 2 else weights[..., e, None]  # (B, 1|T, 1)
+        out = out + scaling * w * F.linear(F.linear(x, lora_A[e]), lora_B[e])
+    return out
+
+
+class RoutingSlot:
+    """Shared by all mixture layers of a policy: the routing they apply now (None = adapters off)."""
+
+    def __init__(self) -> None:
+        self.routing: Routing | None = None
+
+
+class LoRAMixtureLinear(nn.Module):
+    """Wraps a frozen nn.Linear with E stacked LoRA experts; B starts at zero so a fresh mixture is the base."""
+
+    delta_fn: Callable[[Tensor, Tensor, Tensor, Routing, float], Tensor] = staticmethod(fused_mixture_delta)
+
+    def __init__(self, base: nn.Linear, num_experts: int, rank: int, scaling: float, slot: RoutingSlot):
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        self.scaling = scaling
+        self.slot = slot
+        dtype, device = base.weight.dtype, base.weight.device
+        self.lora_A = nn.Parameter(torch.empty(num_experts, rank, base.in_features, dtype=dtype, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(num_experts, base.out_features, rank, dtype=dtype, device=device))
+        for a in self.lora_A.data:  # the same init as nn.Linear and PEFT's LoRA A
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base(x)
+        routing = self.slot.routing
+        if routing is None:
+            return out
+        if x.dim() != 3 or routing.weights.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"routing weights are for batch {routing.weights.shape[0]} but the layer input has shape "
+                f"{tuple(x.shape)}; route the same batch you run"
+            )
+        if routing.weights.dim() == 3 and routing.weights.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"per-token routing weights cover {routing.weights.shape[1]} tokens, the input has {x.shape[1]}"
+            )
+        delta = self.delta_fn(x.to(self.lora_A.dtype), self.lora_A, self.lora_B, routing, self.scaling)
+        return out + delta.to(out.dtype)
+
+    def extra_repr(self) -> str:
+        experts, rank, _ = self.lora_A.shape
+        return f"experts={experts}, rank={rank}, scaling={self.scaling}"

@@ -1,0 +1,231 @@
+"""PersonaFusePolicy: a frozen HF causal LM, the fused persona mixture on its linear layers, and the router.
+
+Adapters are switched with context managers (``mixture(weights)``, ``adapters_disabled()``) that restore the
+previous state, never with flags threaded through ``forward``. The reference policy is the same model with
+the adapters off, so no second copy of the base is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+
+from policies.config import PersonaConfig
+from policies.mixture import LoRAMixtureLinear, Routing, RoutingSlot, make_routing
+from policies.router import PersonaRouter, RouterOutput, pool_prompt
+from policies.traits import parse_profile
+
+Persona = str | Tensor  # "auto" (router), a trait profile such as "agreeableness=+1", or weights (E,) / (B, E)
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    weights: Tensor  # (E,) the expert weights the reply was generated with
+    experts: tuple[str, ...]
+
+    def top_experts(self, n: int = 3) -> list[tuple[str, float]]:
+        order = self.weights.argsort(descending=True)[:n]
+        return [(self.experts[i], float(self.weights[i])) for i in order if self.weights[i] > 0]
+
+
+def load_base_model(path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Loads a causal LM from a local folder: safetensors only, no remote code."""
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+
+
+def position_ids_for(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding, as HF generate computes them. (B, L) -> (B, L)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+class PersonaFusePolicy(nn.Module):
+    def __init__(self, model: PreTrainedModel, tokenizer, config: PersonaConfig):
+        super().__init__()
+        self.config = config
+        self.experts = config.experts
+        self.model = model
+        self.model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        self.slot = RoutingSlot()
+        self.mixture_layers = self._attach_mixture(config)
+        self.router = PersonaRouter(model.config.hidden_size, len(self.experts), config.router).to(model.dtype)
+
+    @classmethod
+    def from_base(cls, config: PersonaConfig, dtype: torch.dtype = torch.float32) -> PersonaFusePolicy:
+        """A fresh policy on ``config.base_model``: router at init, experts with B = 0 (equal to the base)."""
+        model = load_base_model(config.base_model, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=False)
+        return cls(model, tokenizer, config)
+
+    def _attach_mixture(self, config: PersonaConfig) -> dict[str, LoRAMixtureLinear]:
+        layers: dict[str, LoRAMixtureLinear] = {}
+        for name, module in list(self.model.named_modules()):
+            if name.rsplit(".", 1)[-1] not in config.target_modules:
+                continue
+            if not isinstance(module, nn.Linear):
+                raise ValueError(f"target_modules: {name} is a {type(module).__name__}, not an nn.Linear")
+            parent_name, _, child = name.rpartition(".")
+            layer = LoRAMixtureLinear(module, len(config.experts), config.rank, config.scaling, self.slot)
+            setattr(self.model.get_submodule(parent_name), child, layer)
+            layers[name] = layer
+        found = {n.rsplit(".", 1)[-1] for n in layers}
+        missing = [m for m in config.target_modules if m not in found]
+        if missing:
+            raise ValueError(f"target_modules: no nn.Linear named {missing} in {type(self.model).__name__}")
+        return layers
+
+    # ---- adapter switching -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _installed(self, routing: Routing | None) -> Iterator[None]:
+        previous, self.slot.routing = self.slot.routing, routing
+        try:
+            yield
+        finally:
+            self.slot.routing = previous
+
+    def mixture(self, weights: Tensor) -> contextlib.AbstractContextManager[None]:
+        """Inside, every mixture layer applies ``weights`` (B, E) per sequence or (B, T, E) per token."""
+        return self._installed(make_routing(weights, len(self.experts)))
+
+    def adapters_disabled(self) -> contextlib.AbstractContextManager[None]:
+        """Inside, the model is exactly the frozen base (the reference policy)."""
+        return self._installed(None)
+
+    # ---- routing ----------------------------------------------------------------------------------------
+    def route(self, prompt_ids: Tensor, prompt_mask: Tensor) -> RouterOutput:
+        """Weights for each prompt (B, P): the router reads the base's hidden states with adapters off."""
+        with torch.no_grad(), self.adapters_disabled():
+            out = self.model.base_model(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                position_ids=position_ids_for(prompt_mask),
+                output_hidden_states=True,
+                use_cache=False,
+            )
+        pooled = pool_prompt(out.hidden_states[self.config.router.layer], prompt_mask, self.config.router.pooling)
+        return self.router(pooled)
+
+    def weights_for(self, persona: Persona, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
+        """Resolves a persona request into weights (B, E) for this batch of prompts."""
+        batch, num_experts = prompt_ids.shape[0], len(self.experts)
+        if isinstance(persona, str):
+            if persona == "auto":
+                return self.route(prompt_ids, prompt_mask).weights.detach()
+            return parse_profile(persona, self.experts).expand(batch, num_experts).to(prompt_ids.device)
+        weights = persona if persona.dim() == 2 else persona.expand(batch, -1)
+        make_routing(weights, num_experts)  # validates shape, finiteness and sign
+        if weights.shape[0] != batch:
+            raise ValueError(f"persona weights are for {weights.shape[0]} prompts, the batch has {batch}")
+        return weights
+
+    # ---- scoring ----------------------------------------------------------------------------------------
+    def logprobs(self, input_ids: Tensor, attention_mask: Tensor, response_len: int, weights: Tensor) -> Tensor:
+        """log pi(y_t | x, y_<t) of the last ``response_len`` tokens under the mixture ``weights``.
+
+        input_ids, attention_mask (B, P+T): left-padded prompts then right-padded responses; T = response_len.
+        Returns (B, T); differentiable w.r.t. experts and (through ``weights``) the router.
+        """
+        with self.mixture(weights):
+            return self._response_logprobs(input_ids, attention_mask, response_len)
+
+    @torch.no_grad()
+    def ref_logprobs(self, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+        """log pi_ref of the last ``response_len`` tokens, pi_ref = the base with every adapter off. (B, T)."""
+        with self.adapters_disabled():
+            return self._response_logprobs(input_ids, attention_mask, response_len)
+
+    def _response_logprobs(self, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask),
+            logits_to_keep=response_len + 1,
+            use_cache=False,
+        ).logits[:, :-1].float()  # (B, T, V): position t predicts response token t
+        targets = input_ids[:, -response_len:]  # (B, T)
+        # log_softmax gathered without materialising a second (B, T, V) tensor.
+        return logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
+
+    # ---- generation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        conversations: list[list[dict[str, str]]],
+        persona: Persona = "auto",
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> list[Reply]:
+        """Replies to chat conversations with the persona chosen by the router, a profile or explicit weights."""
+        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        weights = self.weights_for(persona, batch.input_ids, batch.attention_mask)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else {"do_sample": False}
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            **sampling,
+        )
+        with self.mixture(weights):
+            out = self.model.generate(**batch, generation_config=config)
+        texts = self.tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+        return [Reply(t.strip(), w.float().cpu(), self.experts) for t, w in zip(texts, weights, strict=True)]
+
+    # ---- training controls ------------------------------------------------------------------------------
+    def set_trainable(self, router: bool = True, experts: bool = True) -> None:
+        """Chooses what trains; the base never does."""
+        self.router.requires_grad_(router)
+        for layer in self.mixture_layers.values():
+            layer.lora_A.requires_grad_(experts)
+            layer.lora_B.requires_grad_(experts)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recomputes decoder layers in backward, under the routing that was installed in forward."""
+
+        def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+            # Called at forward time: the recompute (possibly after the mixture context closed) reuses it.
+            return contextlib.nullcontext(), self._installed(self.slot.routing)
+
+        self.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": contexts}
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.router.norm.weight.device
+
+    # ---- persistence ------------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        """persona_config.json, router.safetensors and one standard PEFT LoRA folder per expert, atomically."""
+        from policies.export import save_policy
+
+        save_policy(self, Path(path))
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, base_model: str | None = None, dtype: torch.dtype = torch.float32
+    ) -> PersonaFusePolicy:
+        """Restores a saved policy exactly; ``base_model`` overrides the base folder recorded at save time."""
+        from policies.export import load_policy_weights
+
+        path = Path(path)
+        config_file = path / "persona_config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found: not a PersonaFuse policy folder")
+        raw = json.loads(config_file.read_text())
+        if base_model is not None:
+            raw["base_model"] = base_model
+        policy = cls.from_base(PersonaConfig.model_validate(raw), dtype)
+        load_policy_weights(policy, path)
+        return policy

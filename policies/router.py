@@ -1,0 +1,70 @@
+"""The persona router: reads the situation (pooled frozen-base states of the prompt) and weights the experts.
+
+Trait Activation Theory says situations call up traits; the router learns that map. It sees the base model's
+hidden states with every adapter off, so what it reads does not drift while the experts train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from policies.config import RouterConfig
+from rlhf.router_losses import router_aux_loss
+
+
+@dataclass(frozen=True)
+class RouterOutput:
+    weights: Tensor  # (B, E) mixture weights after temperature, top-k and renormalisation; rows sum to 1
+    router_logits: Tensor  # (B, E) raw MLP outputs
+    probs: Tensor  # (B, E) softmax(router_logits / temperature), before top-k
+    aux_loss: Tensor  # () the configured regulariser times its coefficient
+
+
+def pool_prompt(hidden: Tensor, prompt_mask: Tensor, mode: str) -> Tensor:
+    """Pools hidden states (B, P, d) over the prompt tokens marked in prompt_mask (B, P) -> (B, d).
+
+    ``mean`` averages the marked tokens; ``last`` takes the last marked token (prompts may be left-padded).
+    """
+    mask = prompt_mask.to(hidden.dtype)
+    if (mask.sum(-1) == 0).any():
+        raise ValueError("a prompt has no tokens in prompt_mask; cannot route an empty prompt")
+    if mode == "mean":
+        return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    if mode == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = (positions * prompt_mask.long()).argmax(-1)  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"router.pooling: unknown mode {mode!r}; choose mean or last")
+
+
+def top_k_renormalise(probs: Tensor, k: int | None) -> Tensor:
+    """Zeroes all but the k largest probabilities of each row and rescales the row to sum to 1. (B, E)."""
+    if k is None or k >= probs.shape[-1]:
+        return probs
+    if k < 1:
+        raise ValueError(f"top_k must be >= 1, got {k}")
+    kept, indices = probs.topk(k, dim=-1)
+    sparse = torch.zeros_like(probs).scatter(-1, indices, kept)
+    return sparse / sparse.sum(-1, keepdim=True)
+
+
+class PersonaRouter(nn.Module):
+    """MLP from a pooled situation embedding (B, d) to expert logits (B, E), then softmax and top-k."""
+
+    def __init__(self, hidden_size: int, num_experts: int, config: RouterConfig):
+        super().__init__()
+        self.config = config
+        self.norm = nn.LayerNorm(hidden_size)  # base hidden states have large, layer-dependent scales
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, num_experts)
+        )
+
+    def forward(self, pooled: Tensor) -> RouterOutput:
+        router_logits = self.mlp(self.norm(pooled.to(self.norm.weight.dtype)))  # (B, E)
+        probs = torch.softmax(router_logits.float() / self.config.temperature, dim=-1)
+        weights = top_k_renormalise(probs, self.config.top_k)
+        aux = self.config.aux_coef * router_aux_loss(self.config.aux_loss, probs, weights)
+        return RouterOutput(weights=weights, router_logits=router_logits, probs=probs, aux_loss=aux)

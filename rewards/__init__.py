@@ -1,0 +1,1 @@
+"""Social-emotional reward models, the safety penalty and their composition."""

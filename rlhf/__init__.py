@@ -1,0 +1,1 @@
+"""RL post-training: algorithms as pure tensor functions, rollout/learner actors, the driver loop."""
