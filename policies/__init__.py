@@ -4,4 +4,12 @@ from policies.config import PersonaConfig, RouterConfig
 from policies.policy import PersonaFusePolicy, Reply
 from policies.traits import BIG_FIVE, DEFAULT_EXPERTS, parse_profile
 
-__all__ = ["BIG_FIVE", "DEFAULT_EXPERTS", "PersonaConfig", "PersonaFusePolicy", "Reply", "RouterConfig", "parse_profile"]
+__all__ = [
+    "BIG_FIVE",
+    "DEFAULT_EXPERTS",
+    "PersonaConfig",
+    "PersonaFusePolicy",
+    "Reply",
+    "RouterConfig",
+    "parse_profile",
+]

@@ -48,7 +48,8 @@ class PersonaConfig(FrozenConfig):
     rank: int = Field(8, ge=1, description="LoRA rank r of each expert.")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha of each expert; the update is scaled by alpha / r.")
     target_modules: tuple[str, ...] = Field(
-        DEFAULT_TARGET_MODULES, description="Names of the base's nn.Linear modules that get the expert mixture."
+        DEFAULT_TARGET_MODULES,
+        description="Names of the base's nn.Linear modules that get the expert mixture.",
     )
     router: RouterConfig = Field(default_factory=RouterConfig, description="The situation router.")
 

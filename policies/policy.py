@@ -144,13 +144,17 @@ class PersonaFusePolicy(nn.Module):
             return self._response_logprobs(input_ids, attention_mask, response_len)
 
     def _response_logprobs(self, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
-        logits = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_for(attention_mask),
-            logits_to_keep=response_len + 1,
-            use_cache=False,
-        ).logits[:, :-1].float()  # (B, T, V): position t predicts response token t
+        logits = (
+            self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_for(attention_mask),
+                logits_to_keep=response_len + 1,
+                use_cache=False,
+            )
+            .logits[:, :-1]
+            .float()
+        )  # (B, T, V): position t predicts response token t
         targets = input_ids[:, -response_len:]  # (B, T)
         # log_softmax gathered without materialising a second (B, T, V) tensor.
         return logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
@@ -167,7 +171,9 @@ class PersonaFusePolicy(nn.Module):
         top_p: float = 1.0,
     ) -> list[Reply]:
         """Replies to chat conversations with the persona chosen by the router, a profile or explicit weights."""
-        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+        prompts = [
+            self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations
+        ]
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         weights = self.weights_for(persona, batch.input_ids, batch.attention_mask)
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else {"do_sample": False}

@@ -48,7 +48,9 @@ def test_peft_loads_one_expert_with_identical_logits(tiny_policy, tiny_model_dir
     randomize_experts(tiny_policy)
     tiny_policy.save_pretrained(tmp_path / "policy")
     expert = tiny_policy.experts.index("extraversion_low")
-    peft_model = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), tmp_path / "policy/experts/extraversion_low")
+    peft_model = PeftModel.from_pretrained(
+        load_base_model(str(tiny_model_dir)), tmp_path / "policy/experts/extraversion_low"
+    )
     one_hot = torch.zeros(2, 10)
     one_hot[:, expert] = 1.0
     with tiny_policy.mixture(one_hot):
@@ -91,7 +93,7 @@ def test_loading_refuses_mismatched_experts(tiny_policy, tmp_path) -> None:
     config_file = tmp_path / "policy/experts/openness_high/adapter_config.json"
     config = json.loads(config_file.read_text())
     config_file.write_text(json.dumps({**config, "r": 4}))
-    with pytest.raises(ValueError, match="openness_high/adapter_config.json: r=4"):
+    with pytest.raises(ValueError, match=r"openness_high/adapter_config\.json: r=4"):
         PersonaFusePolicy.from_pretrained(tmp_path / "policy")
     with pytest.raises(FileNotFoundError, match="not a PersonaFuse policy folder"):
         PersonaFusePolicy.from_pretrained(tmp_path)

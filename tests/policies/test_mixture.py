@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from policies.mixture import LoRAMixtureLinear, RoutingSlot, fused_mixture_delta, make_routing, naive_mixture_delta
+from policies.mixture import (
+    LoRAMixtureLinear,
+    RoutingSlot,
+    fused_mixture_delta,
+    make_routing,
+    naive_mixture_delta,
+)
 
 B, T, D_IN, D_OUT, E, R = 3, 7, 16, 12, 10, 4
 
@@ -33,7 +39,9 @@ def sparse_weights() -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "weights", [dense_weights(), sparse_weights(), torch.softmax(torch.randn(B, T, E), -1)], ids=["dense", "topk", "per_token"]
+    "weights",
+    [dense_weights(), sparse_weights(), torch.softmax(torch.randn(B, T, E), -1)],
+    ids=["dense", "topk", "per_token"],
 )
 def test_fused_equals_naive(layer: LoRAMixtureLinear, weights: torch.Tensor) -> None:
     x = torch.randn(B, T, D_IN)

@@ -55,7 +55,9 @@ def test_logprobs_ignore_left_padding(tiny_policy, prompt_batch) -> None:
             "attention_mask": torch.ones(1, int(keep.sum()), dtype=torch.long),
             "response_len": 5,
         }
-        torch.testing.assert_close(score(tiny_policy, alone, weights[i : i + 1]), batched[i : i + 1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            score(tiny_policy, alone, weights[i : i + 1]), batched[i : i + 1], atol=1e-4, rtol=1e-4
+        )
 
 
 def test_logprobs_match_full_log_softmax(tiny_policy, prompt_batch) -> None:
@@ -63,7 +65,9 @@ def test_logprobs_match_full_log_softmax(tiny_policy, prompt_batch) -> None:
     weights = torch.softmax(torch.randn(2, 10), -1)
     ids, mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]
     with tiny_policy.mixture(weights):
-        logits = tiny_policy.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
+        logits = tiny_policy.model(
+            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)
+        ).logits
     expected = logits[:, -6:-1].log_softmax(-1).gather(-1, ids[:, -5:, None]).squeeze(-1)
     torch.testing.assert_close(score(tiny_policy, prompt_batch, weights), expected, atol=1e-5, rtol=1e-5)
 
@@ -133,7 +137,7 @@ def test_config_rejects_bad_values(tiny_model_dir) -> None:
         PersonaConfig(base_model="x", experts=("charm_high",))
     with pytest.raises(ValueError, match="Extra inputs"):
         PersonaConfig(base_model="x", rnak=4)
-    with pytest.raises(ValueError, match="no nn.Linear named"):
+    with pytest.raises(ValueError, match=r"no nn\.Linear named"):
         PersonaFusePolicy.from_base(PersonaConfig(base_model=str(tiny_model_dir), target_modules=("qkv_proj",)))
 
 
@@ -145,7 +149,10 @@ def test_every_config_field_is_documented() -> None:
 
 def test_generate_with_router_profile_and_weights(tiny_policy) -> None:
     randomize_experts(tiny_policy, std=0.5)
-    chat = [[{"role": "user", "content": "I failed my exam."}], [{"role": "user", "content": "We won the cup!"}]]
+    chat = [
+        [{"role": "user", "content": "I failed my exam."}],
+        [{"role": "user", "content": "We won the cup!"}],
+    ]
     auto = tiny_policy.generate(chat, max_new_tokens=6)
     assert len(auto) == 2 and all(len(r.top_experts(10)) == 2 for r in auto)  # default top_k = 2
     warm = tiny_policy.generate(chat, persona="agreeableness=+1", max_new_tokens=6)
