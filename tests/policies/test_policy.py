@@ -128,25 +128,6 @@ def test_routing_ignores_left_padding(tiny_model_dir, prompt_batch, pooling) -> 
     torch.testing.assert_close(alone.router_logits, batched[1:], atol=1e-4, rtol=1e-4)
 
 
-def test_config_rejects_bad_values(tiny_model_dir) -> None:
-    with pytest.raises(ValueError, match="top_k must be >= 1"):
-        RouterConfig(top_k=-1)
-    with pytest.raises(ValueError, match="exceeds the 1 experts"):
-        PersonaConfig(base_model="x", experts=("openness_high",))
-    with pytest.raises(ValueError, match="unknown expert"):
-        PersonaConfig(base_model="x", experts=("charm_high",))
-    with pytest.raises(ValueError, match="Extra inputs"):
-        PersonaConfig(base_model="x", rnak=4)
-    with pytest.raises(ValueError, match=r"no nn\.Linear named"):
-        PersonaFusePolicy.from_base(PersonaConfig(base_model=str(tiny_model_dir), target_modules=("qkv_proj",)))
-
-
-def test_every_config_field_is_documented() -> None:
-    for model in (PersonaConfig, RouterConfig):
-        undocumented = [name for name, field in model.model_fields.items() if not field.description]
-        assert not undocumented, f"{model.__name__} fields without description: {undocumented}"
-
-
 def test_generate_with_router_profile_and_weights(tiny_policy) -> None:
     randomize_experts(tiny_policy, std=0.5)
     chat = [
