@@ -90,45 +90,40 @@ def fold(
     base_model: str,
     target_modules: tuple[str, ...],
     top_k: int | None = None,
-    pad_to: int | None = None,
+    for_vllm: bool = False,
 ) -> LoRAAdapter:
     """One LoRA equal to the mixture ``s * sum_e w_e B_e A_e`` for weights (E,).
 
     With top_k the k largest weights are kept and renormalised first. Only experts with w_e > 0 enter, so the
-    rank is (number active) * r, optionally zero-padded to ``pad_to``. The scale s * w_e is folded into B and
-    lora_alpha is set to the rank, so PEFT's and vLLM's alpha / r factor is exactly 1.
+    rank is (number active) * r; ``for_vllm`` zero-pads it up to a rank vLLM accepts. The scale s * w_e is
+    folded into B and lora_alpha is set to the rank, so PEFT's and vLLM's alpha / r factor is exactly 1.
     """
     if weights.dim() != 1 or not torch.isfinite(weights).all() or (weights < 0).any():
         raise ValueError(f"fold: weights must be a finite, non-negative vector (E,), got {weights}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"fold: top_k must be >= 1, got {top_k}")
     w = top_k_renormalise(weights.double()[None], top_k)[0]
-    active = (w > 0).nonzero().squeeze(-1)  # (n,)
+    active = (w > 0).nonzero().squeeze(-1)  # (n,) experts that enter the fold
     if active.numel() == 0:
         raise ValueError("fold: every weight is zero; there is no mixture to fold")
+    rank = active.numel() * next(iter(tensors.values()))[0].shape[1]  # n * r
+    padded = vllm_rank(rank) if for_vllm else rank
+    gate = (scaling * w[active])[:, None, None]  # (n, 1, 1) float64: the fold adds no rounding of its own
     out: dict[str, Tensor] = {}
-    rank = None
     for path, (a, b) in tensors.items():
-        n, r, d_in = active.numel(), a.shape[1], a.shape[2]
-        rank = n * r
-        padded = max(pad_to or rank, rank)
-        fa = a.new_zeros(padded, d_in)
-        fb = b.new_zeros(b.shape[1], padded)
-        fa[:rank] = a[active].reshape(rank, d_in)
-        gate = (scaling * w[active]).to(torch.float64)[:, None, None]  # (n, 1, 1)
-        fb[:, :rank] = (gate * b[active].double()).permute(1, 0, 2).reshape(b.shape[1], rank).to(b.dtype)
-        out[peft_key(path, "lora_A")] = fa.cpu()
-        out[peft_key(path, "lora_B")] = fb.cpu()
-    padded = max(pad_to or rank, rank)
+        d_out, d_in = b.shape[1], a.shape[2]
+        folded_a = a.new_zeros(padded, d_in)  # rows past `rank` stay zero: padding changes nothing
+        folded_b = b.new_zeros(d_out, padded)
+        folded_a[:rank] = a[active].reshape(rank, d_in)
+        folded_b[:, :rank] = (gate * b[active].double()).permute(1, 0, 2).reshape(d_out, rank).to(b.dtype)
+        out[peft_key(path, "lora_A")] = folded_a.cpu()
+        out[peft_key(path, "lora_B")] = folded_b.cpu()
     return LoRAAdapter(lora_config(base_model, target_modules, padded, float(padded)), out)
 
 
 def fold_policy(
     policy: PersonaFusePolicy, weights: Tensor, top_k: int | None = None, for_vllm: bool = False
 ) -> LoRAAdapter:
-    """``fold`` for a policy; ``for_vllm`` pads the rank to one vLLM accepts."""
+    """``fold`` for a policy's experts and config."""
     cfg = policy.config
-    n_active = int((top_k_renormalise(weights.double()[None], top_k)[0] > 0).sum())
     return fold(
         expert_tensors(policy),
         weights,
@@ -136,7 +131,7 @@ def fold_policy(
         base_model=cfg.base_model,
         target_modules=cfg.target_modules,
         top_k=top_k,
-        pad_to=vllm_rank(n_active * cfg.rank) if for_vllm else None,
+        for_vllm=for_vllm,
     )
 
 
