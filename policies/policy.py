@@ -46,6 +46,11 @@ def position_ids_for(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log_softmax(logits)[token] without materialising a second (B, T, V) tensor. (B, T, V), (B, T) -> (B, T)."""
+    return logits.gather(-1, tokens[..., None]).squeeze(-1) - logits.logsumexp(-1)
+
+
 class PersonaFusePolicy(nn.Module):
     def __init__(self, model: PreTrainedModel, tokenizer, config: PersonaConfig):
         super().__init__()
@@ -128,36 +133,45 @@ class PersonaFusePolicy(nn.Module):
         return weights
 
     # ---- scoring ----------------------------------------------------------------------------------------
-    def logprobs(self, input_ids: Tensor, attention_mask: Tensor, response_len: int, weights: Tensor) -> Tensor:
+    def logprobs(
+        self, input_ids: Tensor, attention_mask: Tensor, response_len: int, weights: Tensor, temperature: float = 1.0
+    ) -> Tensor:
         """log pi(y_t | x, y_<t) of the last ``response_len`` tokens under the mixture ``weights``.
 
         input_ids, attention_mask (B, P+T): left-padded prompts then right-padded responses; T = response_len.
+        pi = softmax(logits / temperature), the distribution the sampler drew from (before top-p).
         Returns (B, T); differentiable w.r.t. experts and (through ``weights``) the router.
         """
         with self.mixture(weights):
-            return self._response_logprobs(input_ids, attention_mask, response_len)
+            return self._response_logprobs(input_ids, attention_mask, response_len, temperature)
 
     @torch.no_grad()
-    def ref_logprobs(self, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+    def ref_logprobs(
+        self, input_ids: Tensor, attention_mask: Tensor, response_len: int, temperature: float = 1.0
+    ) -> Tensor:
         """log pi_ref of the last ``response_len`` tokens, pi_ref = the base with every adapter off. (B, T)."""
         with self.adapters_disabled():
-            return self._response_logprobs(input_ids, attention_mask, response_len)
+            return self._response_logprobs(input_ids, attention_mask, response_len, temperature)
 
-    def _response_logprobs(self, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
-        logits = (
-            self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids_for(attention_mask),
-                logits_to_keep=response_len + 1,
-                use_cache=False,
-            )
-            .logits[:, :-1]
-            .float()
-        )  # (B, T, V): position t predicts response token t
-        targets = input_ids[:, -response_len:]  # (B, T)
-        # log_softmax gathered without materialising a second (B, T, V) tensor.
-        return logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    def _response_logprobs(
+        self, input_ids: Tensor, attention_mask: Tensor, response_len: int, temperature: float
+    ) -> Tensor:
+        logits = self.response_logits(input_ids, attention_mask, response_len, temperature)  # (B, T, V)
+        return token_logprobs(logits, input_ids[:, -response_len:])
+
+    def response_logits(
+        self, input_ids: Tensor, attention_mask: Tensor, response_len: int, temperature: float = 1.0
+    ) -> Tensor:
+        """Logits / temperature (B, T, V) that predict the last ``response_len`` tokens, under the installed
+        routing (call it inside ``mixture`` or ``adapters_disabled``)."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask),
+            logits_to_keep=response_len + 1,
+            use_cache=False,
+        )
+        return out.logits[:, :-1].float() / temperature  # position t predicts response token t
 
     # ---- generation -------------------------------------------------------------------------------------
     @torch.no_grad()

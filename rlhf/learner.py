@@ -1,0 +1,159 @@
+"""One data-parallel learner rank: the persona policy inside a DeepSpeed engine (ZeRO, bf16/fp32, offload).
+
+Plain class; the Ray actor in learner_actor.py only delegates to it. The loss is aggregated with global token
+and sequence counts, so N ranks reproduce the single-rank loss (DeepSpeed averages gradients over ranks).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from policies.policy import token_logprobs
+from rlhf.aggregation import aggregate
+from rlhf.batch import RolloutBatch
+from rlhf.build import build_policy
+from rlhf.config import JobConfig
+from rlhf.kl import get_kl_estimator
+from rlhf.masked import masked_mean
+from rlhf.policy_loss import entropy_from_logits, policy_loss
+from rlhf.sync import AdapterState, snapshot
+
+
+@dataclass(frozen=True)
+class MinibatchCounts:
+    """Valid tokens and sequences of one minibatch summed over all learner ranks (for the aggregation)."""
+
+    tokens: float
+    seqs: float
+
+
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    """torch.distributed through DeepSpeed: gloo on CPU hosts, nccl on GPU hosts."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must precede the first deepspeed import
+    import deepspeed
+
+    os.environ.update(
+        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+    )  # fmt: skip
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
+
+
+def deepspeed_config(cfg: JobConfig, grad_accum: int) -> dict:
+    lc = cfg.learner
+    zero: dict = {"stage": lc.zero_stage}
+    if lc.offload_optimizer and lc.zero_stage > 0:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": lc.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": lc.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": lc.dtype == "bf16"},
+        "zero_allow_untested_optimizer": True,  # torch AdamW: param groups give the router its own lr
+        "steps_per_print": 10**9,
+    }
+
+
+class Learner:
+    def __init__(self, cfg: JobConfig, world_size: int):
+        import deepspeed
+
+        self.cfg = cfg
+        self.world_size = world_size
+        self.policy = build_policy(cfg)
+        self.policy.set_trainable(router=cfg.policy.train_router, experts=cfg.policy.train_experts)
+        if cfg.learner.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        self.policy.train()
+        rows = cfg.data.prompts_per_step * cfg.rollout.samples_per_prompt // (world_size * cfg.algorithm.minibatches)
+        self.grad_accum = math.ceil(rows / cfg.learner.micro_batch_size)  # micro-batches per optimizer step
+        groups = [
+            {"params": [p for p in self.policy.router.parameters() if p.requires_grad], "lr": cfg.learner.router_lr},
+            {"params": [p for n, p in self.policy.named_parameters() if "lora_" in n and p.requires_grad]},
+        ]
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
+        warmup = cfg.learner.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.policy,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(cfg, self.grad_accum),
+        )
+        self.version = 0
+        self.kl_estimator = get_kl_estimator(cfg.algorithm.kl.estimator)
+
+    def micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
+        size = self.cfg.learner.micro_batch_size
+        return [batch.select(slice(i, i + size)) for i in range(0, len(batch), size)]
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: RolloutBatch) -> tuple[Tensor, Tensor]:
+        """(old_logprobs, ref_logprobs), each (B, T): pi_old under the current router, pi_ref with adapters off."""
+        temperature = self.cfg.rollout.temperature
+        old, ref = [], []
+        for mb in self.micro_batches(batch):
+            weights = self.policy.route(mb.prompt_ids, mb.prompt_mask).weights
+            old.append(self.policy.logprobs(mb.input_ids, mb.attention_mask, mb.response_len, weights, temperature))
+            ref.append(self.policy.ref_logprobs(mb.input_ids, mb.attention_mask, mb.response_len, temperature))
+        return torch.cat(old) * batch.response_mask, torch.cat(ref) * batch.response_mask
+
+    def update(self, shard: RolloutBatch, counts: list[MinibatchCounts]) -> dict[str, float]:
+        """ppo_epochs x minibatches optimizer steps on this rank's shard; returns local metric means."""
+        algo = self.cfg.algorithm
+        minibatches = shard.shards(algo.minibatches)
+        sums: dict[str, float] = {}
+        n = 0
+        for _ in range(algo.ppo_epochs):
+            for minibatch, count in zip(minibatches, counts, strict=True):
+                for mb in self.micro_batches(minibatch):
+                    for key, value in self._micro_step(mb, count, len(minibatch)).items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    n += 1
+        self.version += 1
+        return {k: v / n for k, v in sums.items()} | {"actor/lr": self.scheduler.get_last_lr()[-1]}
+
+    def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, float]:
+        algo, mask = self.cfg.algorithm, mb.response_mask
+        routed = self.policy.route(mb.prompt_ids, mb.prompt_mask)
+        with self.policy.mixture(routed.weights):
+            logits = self.policy.response_logits(
+                mb.input_ids, mb.attention_mask, mb.response_len, self.cfg.rollout.temperature
+            )  # (b, T, V)
+        logprobs = token_logprobs(logits, mb.response_ids)
+        per_token, metrics = policy_loss(
+            logprobs, mb.old_logprobs, mb.advantages, mask,
+            clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
+        )  # fmt: skip
+        kl = self.kl_estimator(logprobs, mb.ref_logprobs)  # (b, T)
+        if algo.kl.placement == "loss":
+            per_token = per_token + algo.kl.coef * kl
+        with torch.set_grad_enabled(algo.entropy_coef > 0):
+            entropy = entropy_from_logits(logits)  # (b, T)
+        if algo.entropy_coef > 0:
+            per_token = per_token - algo.entropy_coef * entropy
+        loss = aggregate(
+            per_token, mask, algo.loss_agg, global_tokens=count.tokens, global_seqs=count.seqs,
+            dp_size=self.world_size, max_response_len=self.cfg.rollout.max_new_tokens,
+        )  # fmt: skip
+        loss = loss + routed.aux_loss * len(mb) / minibatch_rows
+        self.engine.backward(loss * self.grad_accum)  # DeepSpeed divides by grad_accum; the counts already did
+        self.engine.step()
+        return {
+            "loss": loss.item() * self.world_size,  # averaged over ranks by the driver -> the full-batch loss
+            "kl": masked_mean(kl, mask).item(),
+            "entropy": masked_mean(entropy, mask).item(),
+            "clip_frac": metrics["actor/clip_frac"].item(),
+            "router/aux_loss": routed.aux_loss.item(),
+        }
+
+    def adapter_state(self) -> AdapterState:
+        return snapshot(self.policy, self.version)

@@ -1,0 +1,105 @@
+"""Rollout worker: routes prompts, samples G replies per prompt with the persona mixture, returns a RolloutBatch.
+
+The worker holds the base once (an HF PersonaFusePolicy: the router reads its hidden states, and the fold reads
+its experts). Two engines sample: ``hf`` (transformers generate through the fused mixture) and ``vllm`` (each
+prompt's mixture folded into one LoRA, served by vLLM's LoRARequest; see rollout_vllm.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from policies.policy import PersonaFusePolicy, token_logprobs
+from rlhf.batch import RolloutBatch
+from rlhf.build import build_policy, tokenize_prompts
+from rlhf.config import JobConfig
+from rlhf.prompts import PromptRecord
+from rlhf.sync import AdapterState, StaleWeightsError, load_snapshot
+
+
+def response_mask_until_eos(response_ids: Tensor, eos_token_id: int) -> Tensor:
+    """1 up to and including the first EOS of each row, 0 after it. (B, T) -> (B, T)."""
+    is_eos = response_ids == eos_token_id
+    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after_eos).long()
+
+
+class HFEngine:
+    """Samples with transformers' generate through the fused mixture (per-sequence routing weights)."""
+
+    def __init__(self, policy: PersonaFusePolicy, cfg: JobConfig):
+        self.policy = policy
+        self.cfg = cfg.rollout
+
+    @torch.no_grad()
+    def sample(
+        self, prompt_ids: Tensor, prompt_mask: Tensor, weights: Tensor, seed: int, version: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(N, P) prompts and (N, E) weights -> response_ids, response_mask, rollout_logprobs, each (N*G, T)."""
+        g = self.cfg.samples_per_prompt
+        ids, mask, w = (t.repeat_interleave(g, dim=0) for t in (prompt_ids, prompt_mask, weights))
+        tok = self.policy.tokenizer
+        torch.manual_seed(seed)
+        with self.policy.mixture(w):
+            out = self.policy.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p,
+                top_k=0,
+                max_new_tokens=self.cfg.max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+        response_ids = out.sequences[:, ids.shape[1] :]  # (N*G, T)
+        logits = torch.stack(out.logits, dim=1).float() / self.cfg.temperature  # (N*G, T, V) raw, then scaled
+        logprobs = token_logprobs(logits, response_ids)
+        response_mask = response_mask_until_eos(response_ids, tok.eos_token_id)
+        return response_ids, response_mask, logprobs * response_mask
+
+
+class RolloutWorker:
+    """Plain class (the Ray actor in rollout_actor.py only delegates to it)."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+        self.policy = build_policy(cfg).eval()
+        self.version = 0
+        if cfg.rollout.engine == "hf":
+            self.engine = HFEngine(self.policy, cfg)
+        else:
+            from rlhf.rollout_vllm import VLLMEngine  # vLLM is imported only where it is used
+
+            self.engine = VLLMEngine(self.policy, cfg)
+
+    def set_weights(self, state: AdapterState) -> None:
+        if state.version < self.version:
+            raise StaleWeightsError(f"rollout has weights v{self.version}; refusing older v{state.version}")
+        load_snapshot(self.policy, state)
+        self.version = state.version
+
+    def generate(self, records: list[PromptRecord], group_offset: int, version: int, seed: int) -> RolloutBatch:
+        """G samples for each prompt record; ``version`` must be the weights this worker holds."""
+        if version != self.version:
+            raise StaleWeightsError(f"asked to sample with weights v{version}, rollout holds v{self.version}")
+        texts, prompt_ids, prompt_mask = tokenize_prompts(self.policy, records, self.cfg.data.max_prompt_tokens)
+        weights = self.policy.route(prompt_ids, prompt_mask).weights.detach()  # (N, E)
+        response_ids, response_mask, logprobs = self.engine.sample(prompt_ids, prompt_mask, weights, seed, version)
+        g = self.cfg.rollout.samples_per_prompt
+        completions = self.policy.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
+        return RolloutBatch(
+            prompt_ids=prompt_ids.repeat_interleave(g, 0),
+            prompt_mask=prompt_mask.repeat_interleave(g, 0),
+            response_ids=response_ids,
+            response_mask=response_mask,
+            group_ids=torch.arange(len(records)).repeat_interleave(g) + group_offset,
+            routing_weights=weights.repeat_interleave(g, 0),
+            rollout_logprobs=logprobs,
+            prompts=[t for t in texts for _ in range(g)],
+            completions=[c.strip() for c in completions],
+            categories=[r.category for r in records for _ in range(g)],
+        )
