@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from policies.config import FrozenConfig, RouterConfig
 from policies.traits import DEFAULT_EXPERTS
+from rewards.compose import DEFAULT_REWARDS, RewardsConfig
 
 EMBEDDED = "embedded"  # base_model value meaning the packaged SmolLM2-135M-Instruct
 
@@ -71,7 +72,7 @@ class KLConfig(FrozenConfig):
 
 
 class AlgorithmConfig(FrozenConfig):
-    name: Literal["grpo", "ppo"] = Field("grpo", description="grpo (group advantages) or ppo (critic + GAE).")
+    name: Literal["grpo"] = Field("grpo", description="grpo (group advantages); ppo (critic + GAE) is not built yet.")
     scale_by_std: bool = Field(True, description="GRPO: divide by the group std (false = Dr.GRPO).")
     normalize: Literal["group", "batch"] = Field("group", description="GRPO: std of the group or of the batch.")
     clip_low: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip below 1.")
@@ -109,6 +110,7 @@ class LearnerConfig(FrozenConfig):
 class PlacementConfig(FrozenConfig):
     colocate: bool = Field(True, description="Rollout and learners share one placement group (PACK).")
     ray_address: str | None = Field(None, description="Ray address; null = the running cluster or a local one.")
+    torch_threads: int = Field(0, ge=0, description="Torch threads per actor; 0 = all cores of its node.")
 
 
 class JobConfig(FrozenConfig):
@@ -119,7 +121,7 @@ class JobConfig(FrozenConfig):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Loss and advantages.")
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="DeepSpeed learners.")
     placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Ray placement.")
-    rewards: dict[str, Any] = Field(default_factory=dict, description="Reward composition (rewards/compose.py).")
+    rewards: RewardsConfig = Field(DEFAULT_REWARDS, description="Reward and safety terms (rewards/compose.py).")
 
     @model_validator(mode="after")
     def _batch_fits(self) -> JobConfig:
@@ -167,7 +169,7 @@ def _did_you_mean(model: type[FrozenConfig], loc: tuple) -> str:
             return ""
         current = field.annotation
     names = list(getattr(current, "model_fields", {}))
-    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.4)
     return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(names)})"
 
 

@@ -107,19 +107,29 @@ class Learner:
         return torch.cat(old) * batch.response_mask, torch.cat(ref) * batch.response_mask
 
     def update(self, shard: RolloutBatch, counts: list[MinibatchCounts]) -> dict[str, float]:
-        """ppo_epochs x minibatches optimizer steps on this rank's shard; returns local metric means."""
+        """ppo_epochs x minibatches optimizer steps on this rank's shard.
+
+        ``loss`` is this rank's share of each minibatch loss (sum over its micro-batches of S * dp / N_global),
+        averaged over minibatches; the driver's mean over ranks is then the full-batch loss. Other metrics are
+        means over micro-batches.
+        """
         algo = self.cfg.algorithm
         minibatches = shard.shards(algo.minibatches)
+        losses: list[float] = []
         sums: dict[str, float] = {}
-        n = 0
+        micro_steps = 0
         for _ in range(algo.ppo_epochs):
             for minibatch, count in zip(minibatches, counts, strict=True):
+                losses.append(0.0)
                 for mb in self.micro_batches(minibatch):
-                    for key, value in self._micro_step(mb, count, len(minibatch)).items():
+                    metrics = self._micro_step(mb, count, len(minibatch))
+                    losses[-1] += metrics.pop("loss")
+                    for key, value in metrics.items():
                         sums[key] = sums.get(key, 0.0) + value
-                    n += 1
+                    micro_steps += 1
         self.version += 1
-        return {k: v / n for k, v in sums.items()} | {"actor/lr": self.scheduler.get_last_lr()[-1]}
+        means = {k: v / micro_steps for k, v in sums.items()}
+        return {"loss": sum(losses) / len(losses), **means, "actor/lr": self.scheduler.get_last_lr()[-1]}
 
     def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, float]:
         algo, mask = self.cfg.algorithm, mb.response_mask
@@ -148,7 +158,7 @@ class Learner:
         self.engine.backward(loss * self.grad_accum)  # DeepSpeed divides by grad_accum; the counts already did
         self.engine.step()
         return {
-            "loss": loss.item() * self.world_size,  # averaged over ranks by the driver -> the full-batch loss
+            "loss": loss.item(),
             "kl": masked_mean(kl, mask).item(),
             "entropy": masked_mean(entropy, mask).item(),
             "clip_frac": metrics["actor/clip_frac"].item(),

@@ -71,3 +71,19 @@ def prompt_batch(tiny_policy: PersonaFusePolicy) -> dict[str, torch.Tensor]:
         "attention_mask": torch.cat([prompts.attention_mask, torch.ones_like(responses)], 1),
         "response_len": responses.shape[1],
     }
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the tests that need it (real Ray; 4 logical CPUs on a 2-core host)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_job_overrides(tiny_model_dir: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [f"policy.base_model={tiny_model_dir}", f"run.output_dir={output_dir}", *extra]

@@ -1,0 +1,49 @@
+"""Ray actor around one DeepSpeed Learner rank: each method is a short delegation."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import ray
+import torch
+from torch import Tensor
+
+from rlhf.batch import RolloutBatch
+from rlhf.config import JobConfig
+from rlhf.learner import Learner, MinibatchCounts, init_distributed
+from rlhf.sync import AdapterState
+
+
+class LearnerActor:
+    def __init__(self, cfg: JobConfig, rank: int, world_size: int):  # the driver's validated config object
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        torch.set_num_threads(self.cfg.placement.torch_threads or os.cpu_count() or 1)
+        self.learner: Learner | None = None
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def master_address(self) -> tuple[str, int]:
+        """This node's IP and a free port, for rank 0 to host the process group."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        init_distributed(self.rank, self.world_size, master_addr, master_port)
+        self.learner = Learner(self.cfg, self.world_size)
+
+    def reference_logprobs(self, shard: RolloutBatch) -> tuple[Tensor, Tensor]:
+        return self.learner.reference_logprobs(shard)
+
+    def update(self, shard: RolloutBatch, counts: list[MinibatchCounts]) -> dict[str, float]:
+        return self.learner.update(shard, counts)
+
+    def adapter_state(self) -> AdapterState:
+        return self.learner.adapter_state()
+
+    def save_policy(self, path: str) -> None:
+        self.learner.policy.save_pretrained(path)

@@ -1,0 +1,82 @@
+"""Ray start-up and actor placement: one placement group, PACKed when colocated, SPREAD across nodes otherwise."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rlhf.config import JobConfig
+from rlhf.learner_actor import LearnerActor
+from rlhf.rollout_actor import RolloutActor
+
+PLACEMENT_TIMEOUT_S = 300
+
+
+@dataclass
+class ActorGroups:
+    learners: list[Any]  # Ray handles of LearnerActor, rank order
+    rollouts: list[Any]  # Ray handles of RolloutActor
+    group: PlacementGroup
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+
+
+def start_ray(cfg: JobConfig) -> None:
+    """Joins the configured cluster, RAY_ADDRESS (`ray job submit` sets it), or one running here; else starts one."""
+    if ray.is_initialized():
+        return
+    address = cfg.placement.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    try:
+        ray.init(address="auto")  # a cluster started with `ray start` on this machine
+    except ConnectionError:
+        lc, rc = cfg.learner, cfg.rollout
+        needed = lc.num_learners * lc.cpus_per_learner + rc.num_actors * rc.cpus_per_actor
+        ray.init(address="local", num_cpus=max(math.ceil(needed), os.cpu_count() or 1), include_dashboard=False)
+
+
+def create_actors(cfg: JobConfig) -> ActorGroups:
+    """Places N learners and M rollout actors, then joins the learners' process group."""
+    lc, rc = cfg.learner, cfg.rollout
+    bundles = [_bundle(lc.cpus_per_learner, lc.gpus_per_learner)] * lc.num_learners
+    bundles += [_bundle(rc.cpus_per_actor, rc.gpus_per_actor)] * rc.num_actors
+    group = placement_group(bundles, strategy="PACK" if cfg.placement.colocate else "SPREAD")
+    ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+    if not ready:
+        raise RuntimeError(
+            f"Ray could not place {bundles} within {PLACEMENT_TIMEOUT_S}s (cluster has {ray.cluster_resources()}); "
+            "lower learner.cpus_per_learner / rollout.cpus_per_actor or add nodes"
+        )
+
+    def place(cls: type, index: int, cpus: float, gpus: float, *args: Any) -> Any:
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
+        return ray.remote(cls).options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy).remote(*args)
+
+    learners = [
+        place(LearnerActor, i, lc.cpus_per_learner, lc.gpus_per_learner, cfg, i, lc.num_learners)
+        for i in range(lc.num_learners)
+    ]
+    rollouts = [
+        place(RolloutActor, lc.num_learners + j, rc.cpus_per_actor, rc.gpus_per_actor, cfg)
+        for j in range(rc.num_actors)
+    ]
+    master_addr, master_port = ray.get(learners[0].master_address.remote())
+    ray.get([learner.setup.remote(master_addr, master_port) for learner in learners])
+    return ActorGroups(learners, rollouts, group)
+
+
+def release(actors: ActorGroups) -> None:
+    """Kills the actors and frees their placement group, so the cluster can host the next job."""
+    for actor in actors.learners + actors.rollouts:
+        ray.kill(actor)
+    ray.util.remove_placement_group(actors.group)

@@ -1,0 +1,30 @@
+"""Ray actor around RolloutWorker: each method is a one-line delegation."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+import torch
+
+from rlhf.batch import RolloutBatch
+from rlhf.config import JobConfig
+from rlhf.prompts import PromptRecord
+from rlhf.rollout import RolloutWorker
+from rlhf.sync import AdapterState
+
+
+class RolloutActor:
+    def __init__(self, cfg: JobConfig):  # the driver's validated config object, not re-validated here
+        torch.set_num_threads(cfg.placement.torch_threads or os.cpu_count() or 1)
+        self.worker = RolloutWorker(cfg)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def set_weights(self, state: AdapterState) -> int:
+        self.worker.set_weights(state)
+        return state.version
+
+    def generate(self, records: list[PromptRecord], group_offset: int, version: int, seed: int) -> RolloutBatch:
+        return self.worker.generate(records, group_offset, version, seed)

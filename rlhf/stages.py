@@ -1,0 +1,93 @@
+"""The driver's stage helpers: each moves data between actors or does cheap math on the driver."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import ray
+import torch
+
+from rlhf.advantages import AdvantageInputs, get_advantage
+from rlhf.batch import RolloutBatch, concat
+from rlhf.config import AlgorithmConfig, JobConfig
+from rlhf.kl import get_kl_estimator
+from rlhf.learner import MinibatchCounts
+from rlhf.masked import masked_sum
+from rlhf.placement import ActorGroups
+from rlhf.prompts import PromptRecord
+from rlhf.sync import AdapterState
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[f"timing/{stage}"] = time.perf_counter() - start
+
+
+def generate(actors: ActorGroups, records: list[PromptRecord], version: int, seed: int) -> RolloutBatch:
+    """Splits the prompts over the rollout actors; group ids stay global."""
+    share = len(records) // len(actors.rollouts)
+    futures = [
+        actor.generate.remote(records[i * share : (i + 1) * share], i * share, version, seed + i)
+        for i, actor in enumerate(actors.rollouts)
+    ]
+    return concat(ray.get(futures))
+
+
+def reference_logprobs(actors: ActorGroups, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """old_logprobs and ref_logprobs (B, T), computed by the learners on their shards."""
+    shards = batch.shards(len(actors.learners))
+    results = ray.get([lr.reference_logprobs.remote(s) for lr, s in zip(actors.learners, shards, strict=True)])
+    return torch.cat([old for old, _ in results]), torch.cat([ref for _, ref in results])
+
+
+def compute_advantages(batch: RolloutBatch, algo: AlgorithmConfig) -> None:
+    """GRPO advantages from the sequence rewards; with kl.placement=reward, beta * sum_t KL_t is subtracted first."""
+    rewards = batch.rewards
+    if algo.kl.placement == "reward":
+        kl = get_kl_estimator(algo.kl.estimator)(batch.old_logprobs, batch.ref_logprobs)  # (B, T)
+        rewards = rewards - algo.kl.coef * masked_sum(kl, batch.response_mask, dim=-1)
+    inputs = AdvantageInputs(batch.response_mask, rewards=rewards, group_ids=batch.group_ids)
+    estimator = get_advantage("grpo")
+    batch.advantages, batch.returns = estimator(inputs, scale_by_std=algo.scale_by_std, normalize=algo.normalize)
+
+
+def minibatch_counts(batch: RolloutBatch, cfg: JobConfig) -> list[MinibatchCounts]:
+    """Global valid-token and sequence counts of each minibatch, summed over the learner shards."""
+    shards = batch.shards(cfg.learner.num_learners)
+    per_shard = [[mb.response_mask.sum().item() for mb in s.shards(cfg.algorithm.minibatches)] for s in shards]
+    seqs = len(batch) / cfg.algorithm.minibatches
+    return [MinibatchCounts(tokens=sum(col), seqs=seqs) for col in zip(*per_shard, strict=True)]
+
+
+def update(actors: ActorGroups, batch: RolloutBatch, cfg: JobConfig) -> dict[str, float]:
+    """One learner update on every shard; metrics averaged over ranks."""
+    counts = minibatch_counts(batch, cfg)
+    shards = batch.shards(len(actors.learners))
+    results = ray.get([lr.update.remote(s, counts) for lr, s in zip(actors.learners, shards, strict=True)])
+    return {key: sum(r[key] for r in results) / len(results) for key in results[0]}
+
+
+def sync_weights(actors: ActorGroups) -> tuple[int, int]:
+    """Rank 0's adapter snapshot -> object store -> every rollout actor. Returns (version, bytes)."""
+    state: AdapterState = ray.get(actors.learners[0].adapter_state.remote())
+    ref = ray.put(state)
+    ray.get([actor.set_weights.remote(ref) for actor in actors.rollouts])
+    return state.version, state.nbytes
+
+
+def rollout_metrics(batch: RolloutBatch, experts: tuple[str, ...], gen_seconds: float) -> dict[str, float]:
+    lengths = batch.response_mask.sum(-1).float()  # (B,)
+    weights = batch.routing_weights.float()  # (B, E)
+    entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1).mean()
+    return {
+        "reward/mean": batch.rewards.mean().item(),
+        "reward/std": batch.rewards.std().item() if len(batch) > 1 else 0.0,
+        "response_len": lengths.mean().item(),
+        "rollout/tokens_per_s": lengths.sum().item() / max(gen_seconds, 1e-9),
+        "router/entropy": entropy.item(),
+        **{f"router/weight/{e}": w.item() for e, w in zip(experts, weights.mean(0), strict=True)},
+    }

@@ -1,0 +1,199 @@
+"""Composition: hand-checked weights, per-component logs, TRL-style functions, errors naming the component, config
+validation with did-you-mean, and exact resume of the running normalisation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+from trl.rewards import get_soft_overlong_punishment
+
+from rewards.base import RewardError
+from rewards.compose import DEFAULT_REWARDS, DEFAULT_SAFETY, ExtraReward, RewardComposer, RewardsConfig, RewardTerm
+
+PROMPT = "My best friend forgot my birthday and I feel invisible."
+WARM = (
+    "I'm so sorry, that sounds really painful. It makes sense that you feel hurt when someone close forgets. "
+    "Would you like to talk about what happened?"
+)
+DISMISSIVE = "Just get over it, it's not a big deal. Stop overreacting."
+
+
+def ends_with_period(completions: list[str], **kwargs: object) -> list[float]:
+    """A TRL-style reward function: only ``completions`` and ``**kwargs``."""
+    return [1.0 if c.endswith(".") else 0.0 for c in completions]
+
+
+def test_default_prefers_warm_reply_and_logs_every_component() -> None:
+    composer = RewardComposer(DEFAULT_REWARDS)
+    out = composer(prompts=[PROMPT, PROMPT], completions=[WARM, DISMISSIVE], category=["friendship", None])
+    assert out.rewards.shape == (2,) and out.rewards.dtype == torch.float32
+    assert out.rewards[0] > out.rewards[1]
+    expected = ("validation", "engagement", "dismissiveness", "repetition", "length")
+    assert composer.keys == (*(f"reward/{n}" for n in expected), "safety/safety_rules")
+    assert tuple(out.components) == composer.keys
+    assert all(v.shape == (2,) and v.dtype == torch.float32 for v in out.components.values())
+    assert out.components["reward/dismissiveness"][1] > 0.9  # raw penalty-style score, logged before weighting
+
+
+def test_weights_hand_checked_with_config_and_trl_functions() -> None:
+    config = RewardsConfig(
+        components=(
+            RewardTerm(name="repetition", weight=-1.0),
+            RewardTerm(name="length", weight=0.5, options={"min_words": 2, "max_words": 4}),
+        ),
+        safety=(RewardTerm(name="safety_rules", weight=3.0),),
+    )
+    overlong = get_soft_overlong_punishment(max_completion_len=10, soft_punish_cache=5)  # TRL's own reward function
+    composer = RewardComposer(
+        config,
+        extra_components=[ExtraReward("period", ends_with_period, 2.0), ExtraReward("overlong", overlong, 1.0)],
+    )
+    prompts = ["hi", "How do I make a bomb?"]
+    completions = ["I'm here I'm here I'm here I'm here", "That is okay."]
+    out = composer(prompts=prompts, completions=completions, completion_ids=[[1] * 12, [1] * 3])
+    raw = {k: v.tolist() for k, v in out.components.items()}
+    assert raw["reward/repetition"] == pytest.approx([2 / 3, 0.0])
+    assert raw["reward/length"] == [-1.0, 1.0]  # 8 words = 2 * max_words; 3 words in band
+    assert raw["reward/period"] == [0.0, 1.0]
+    assert raw["reward/overlong"] == [-1.0, 0.0]  # metadata reached the TRL function
+    assert raw["safety/safety_rules"] == [0.0, 1.0]  # complied with a harmful request
+    expected = [-1 * 2 / 3 + 0.5 * -1 + 2 * 0 + 1 * -1 - 3 * 0, 0 + 0.5 * 1 + 2 * 1 + 0 - 3 * 1]
+    torch.testing.assert_close(out.rewards, torch.tensor(expected))
+
+
+def test_metadata_reaches_components_as_lists() -> None:
+    def grief_bonus(prompts: list[str], completions: list[str], category: list[str | None], **kwargs) -> list[float]:
+        return [1.0 if c == "grief" else 0.0 for c in category]
+
+    composer = RewardComposer(RewardsConfig(components=()), extra_components=[ExtraReward("grief", grief_bonus, 0.5)])
+    out = composer(prompts=["a", "b"], completions=["x", "y"], category=["grief", None])
+    assert out.rewards.tolist() == [0.5, 0.0]
+    with pytest.raises(ValueError, match="metadata 'category' must be a list of 2 values"):
+        composer(prompts=["a", "b"], completions=["x", "y"], category=["grief"])
+    with pytest.raises(ValueError, match="got 1 prompts for 2 completions"):
+        composer(prompts=["a"], completions=["x", "y"], category=["grief", None])
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (lambda completions, **kw: [0.0, float("nan")], r"'reward/bad': score at index 1 is nan"),
+        (lambda completions, **kw: [0.0], r"'reward/bad' returned 1 scores for a batch of 2"),
+        (lambda completions, **kw: [0.0, "high"], r"'reward/bad': score at index 1 is 'high' \(str\)"),
+        (lambda completions, **kw: [None, 0.0], r"'reward/bad': score at index 0 is None"),
+        (lambda completions, **kw: 1 / 0, r"'reward/bad' raised ZeroDivisionError: division by zero"),
+        (lambda completions: [0.0, 0.0], r"'reward/bad' raised TypeError: .*unexpected keyword argument 'prompts'"),
+    ],
+)
+def test_bad_component_raises_naming_it(fn: object, message: str) -> None:
+    composer = RewardComposer(DEFAULT_REWARDS, extra_components=[ExtraReward("bad", fn, 1.0)])  # type: ignore[arg-type]
+    with pytest.raises(RewardError, match=message):
+        composer(prompts=[PROMPT, PROMPT], completions=[WARM, DISMISSIVE])
+
+
+def test_bad_safety_component_named_under_safety() -> None:
+    composer = RewardComposer(DEFAULT_REWARDS, extra_safety=[ExtraReward("clf", lambda **kw: [math.inf], 1.0)])
+    with pytest.raises(RewardError, match=r"'safety/clf': score at index 0 is inf"):
+        composer(prompts=[PROMPT], completions=[WARM])
+
+
+def test_config_errors_are_clear() -> None:
+    with pytest.raises(ValidationError, match=r"unknown reward 'validaton'; did you mean 'validation'\? registered: "):
+        RewardTerm(name="validaton", weight=1.0)
+    with pytest.raises(ValidationError, match=r"reward 'length' has no option 'max_word'; did you mean 'max_words'"):
+        RewardTerm(name="length", weight=1.0, options={"max_word": 10})
+    with pytest.raises(ValidationError, match="weight must be finite"):
+        RewardTerm(name="length", weight=math.nan)
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        RewardTerm(name="length", weight=1.0, wieght=2.0)
+    term = RewardTerm(name="validation", weight=1.0)
+    with pytest.raises(ValidationError, match=r"components: \['validation'\] listed more than once"):
+        RewardsConfig(components=(term, term))
+    with pytest.raises(ValidationError, match="safety weights are penalties, set them >= 0"):
+        RewardsConfig(components=(term,), safety=(RewardTerm(name="safety_rules", weight=-1.0),))
+    with pytest.raises(ValidationError, match="frozen"):
+        DEFAULT_REWARDS.normalize = True  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"reward 'length' with options .*need 1 <= min_words <= max_words"):
+        RewardComposer(RewardsConfig(components=(RewardTerm(name="length", weight=1, options={"min_words": 0}),)))
+    with pytest.raises(ValueError, match=r"\['reward/validation'\] are defined twice"):
+        RewardComposer(DEFAULT_REWARDS, extra_components=[ExtraReward("validation", ends_with_period, 1.0)])
+    with pytest.raises(ValueError, match="no reward terms"):
+        RewardComposer(RewardsConfig(components=(), safety=()))
+    with pytest.raises(ValueError, match="must be finite and >= 0"):
+        RewardComposer(DEFAULT_REWARDS, extra_safety=[ExtraReward("clf", ends_with_period, -1.0)])
+
+
+def test_config_from_plain_dict_and_every_field_documented() -> None:
+    config = RewardsConfig.model_validate(
+        {"components": [{"name": "length", "weight": 1.0, "options": {"min_words": 3}}], "normalize": True}
+    )
+    assert config.components[0].options == {"min_words": 3}
+    assert config.safety == DEFAULT_SAFETY  # replacing the components keeps the safety penalty on
+    for model in (RewardTerm, RewardsConfig):
+        undocumented = [name for name, field in model.model_fields.items() if not field.description]
+        assert not undocumented, f"{model.__name__} fields without description: {undocumented}"
+
+
+def constant(values: list[float]) -> ExtraReward:
+    return ExtraReward("const", lambda completions, **kw: values[: len(completions)], 1.0)
+
+
+def test_normalisation_hand_checked() -> None:
+    config = RewardsConfig(components=(), normalize=True, norm_momentum=0.5, norm_eps=1e-6)
+    composer = RewardComposer(config, extra_components=[constant([1.0, 2.0, 3.0, 4.0])])
+    first = composer(prompts=["p"] * 4, completions=["c"] * 4)
+    std = math.sqrt(1.25)  # population std of 1..4; the first batch is normalised by its own statistics
+    torch.testing.assert_close(first.rewards, torch.tensor([-1.5, -0.5, 0.5, 1.5]) / (std + 1e-6))
+    assert first.components["reward/const"].tolist() == [1.0, 2.0, 3.0, 4.0]  # logs stay raw
+    second = composer(prompts=["p"] * 2, completions=["c"] * 2)  # batch mean 1.5, var 0.25
+    mean = 0.5 * 2.5 + 0.5 * 1.5
+    var = 0.5 * 1.25 + 0.5 * 0.25 + 0.25 * (1.5 - 2.5) ** 2
+    assert composer.state_dict() == {"reward/const": {"mean": mean, "var": var, "batches": 2}}
+    torch.testing.assert_close(second.rewards, (torch.tensor([1.0, 2.0]) - mean) / (math.sqrt(var) + 1e-6))
+
+
+def test_normalisation_state_round_trip_is_exact() -> None:
+    config = DEFAULT_REWARDS.model_copy(update={"normalize": True})
+    batches = [
+        [WARM, DISMISSIVE, "Ok."],
+        ["That sounds hard. What happened?", "Whatever.", ""],
+        [DISMISSIVE, WARM, WARM],
+    ]
+    a = RewardComposer(config)
+    for completions in batches[:2]:
+        a(prompts=[PROMPT] * 3, completions=completions)
+    state = json.loads(json.dumps(a.state_dict()))  # plain numbers: survives a JSON checkpoint
+    assert "safety/safety_rules" not in state  # penalties are never normalised
+    b = RewardComposer(config)
+    b.load_state_dict(state)
+    out_a, out_b = (c(prompts=[PROMPT] * 3, completions=batches[2]) for c in (a, b))
+    assert torch.equal(out_a.rewards, out_b.rewards)
+    assert a.state_dict() == b.state_dict()
+    with pytest.raises(ValueError, match=r"missing \['reward/validation'\], unexpected \['reward/typo'\]"):
+        b.load_state_dict({**{k: v for k, v in state.items() if k != "reward/validation"}, "reward/typo": {}})
+    assert RewardComposer(DEFAULT_REWARDS).state_dict() == {}
+
+
+def test_failed_batch_leaves_statistics_untouched() -> None:
+    calls: list[int] = []
+
+    def flaky(completions: list[str], **kwargs: object) -> list[float]:
+        calls.append(1)
+        return [0.0] * len(completions) if len(calls) == 1 else [math.nan] * len(completions)
+
+    config = DEFAULT_REWARDS.model_copy(update={"normalize": True})
+    composer = RewardComposer(config, extra_components=[ExtraReward("flaky", flaky, 1.0)])
+    composer(prompts=[PROMPT] * 2, completions=[WARM, DISMISSIVE])
+    before = composer.state_dict()
+    with pytest.raises(RewardError, match="reward/flaky"):
+        composer(prompts=[PROMPT] * 2, completions=[DISMISSIVE, "Ok."])
+    assert composer.state_dict() == before
+
+
+def test_empty_batch() -> None:
+    out = RewardComposer(DEFAULT_REWARDS)(prompts=[], completions=[])
+    assert out.rewards.shape == (0,) and all(v.shape == (0,) for v in out.components.values())

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import torch
+
+from rlhf.batch import RolloutBatch, concat, pad_right
+
+
+def make_batch(n: int, prompt_len: int, response_len: int, offset: int = 0) -> RolloutBatch:
+    return RolloutBatch(
+        prompt_ids=torch.arange(n * prompt_len).view(n, prompt_len) + 1,
+        prompt_mask=torch.ones(n, prompt_len, dtype=torch.long),
+        response_ids=torch.ones(n, response_len, dtype=torch.long),
+        response_mask=torch.ones(n, response_len, dtype=torch.long),
+        group_ids=torch.arange(n) // 2 + offset,
+        routing_weights=torch.full((n, 4), 0.5),  # E = 4 (= T of the first batch): never padded
+        rollout_logprobs=torch.zeros(n, response_len),
+        completions=[f"c{i}" for i in range(n)],
+    )
+
+
+def test_concat_pads_prompts_left_and_responses_right() -> None:
+    merged = concat([make_batch(2, 3, 4), make_batch(2, 5, 2, offset=1)])
+    assert merged.prompt_ids.shape == (4, 5) and merged.response_ids.shape == (4, 4)
+    assert merged.prompt_mask[0].tolist() == [0, 0, 1, 1, 1]
+    assert merged.response_mask[2].tolist() == [1, 1, 0, 0]
+    assert torch.equal(merged.routing_weights, torch.full((4, 4), 0.5))
+    assert merged.group_ids.tolist() == [0, 0, 1, 1]
+    assert merged.completions == ["c0", "c1", "c0", "c1"]
+
+
+def test_select_and_shards() -> None:
+    batch = make_batch(6, 2, 3)
+    shards = batch.shards(3)
+    assert [len(s) for s in shards] == [2, 2, 2]
+    assert shards[1].completions == ["c2", "c3"]
+    assert torch.equal(shards[2].prompt_ids, batch.prompt_ids[4:])
+    assert batch.input_ids.shape == (6, 5) and batch.response_len == 3
+
+
+def test_pad_right() -> None:
+    assert pad_right([[1, 2], [3]], 0, torch.long).tolist() == [[1, 2], [3, 0]]

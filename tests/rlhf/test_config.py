@@ -1,0 +1,70 @@
+"""Job config: presets load and validate; bad keys, types and combinations fail before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from rlhf.config import ConfigError, JobConfig, load_config
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_preset_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.run.steps >= 1
+    assert path.read_text().startswith("#"), "a preset opens with a comment: purpose, command, hardware, result"
+
+
+def test_overrides_parse_yaml_values() -> None:
+    cfg = load_config(None, ["run.steps=3", "rollout.temperature=0.7", "policy.router.top_k=null", "data.path=x.jsonl"])
+    assert (cfg.run.steps, cfg.rollout.temperature, cfg.policy.router.top_k, cfg.data.path) == (3, 0.7, None, "x.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["rollout.smaples=3"], "did you mean 'samples_per_prompt'"),
+        (["learner.zero_stage=5"], "learner.zero_stage"),
+        (["run.steps=many"], "run.steps"),
+        (["rollout.samples_per_prompt=1"], "samples_per_prompt must be >= 2"),
+        (["data.prompts_per_step=3", "rollout.samples_per_prompt=3", "learner.num_learners=2"], "divide evenly"),
+        (["algorithm.name=ppo"], "algorithm.name"),
+        (["rewards.components=[{name: validaton, weight: 1}]"], "validation"),
+        (["steps"], "key.path=value"),
+    ],
+)
+def test_bad_config_is_a_clear_error(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_yaml_errors_name_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run:\n  steps: 2\n  name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config(None)
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.run.steps = 5
+
+
+def test_every_field_is_documented() -> None:
+    def walk(model: type[BaseModel]) -> list[str]:
+        missing = []
+        for name, field in model.model_fields.items():
+            if not field.description:
+                missing.append(f"{model.__name__}.{name}")
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                missing += walk(field.annotation)
+        return missing
+
+    assert walk(JobConfig) == []

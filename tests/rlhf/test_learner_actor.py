@@ -1,0 +1,44 @@
+"""Real DeepSpeed learners in real Ray actors: 1 rank and 2 ranks give the same loss and the same new adapters."""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from rlhf import stages
+from rlhf.config import load_config
+from rlhf.placement import create_actors, release
+from rlhf.prompts import load_prompts
+from rlhf.rollout import RolloutWorker
+from tests.conftest import randomize_experts
+
+
+def test_one_and_two_learners_agree(ray_local, tiny_model_dir) -> None:
+    overrides = [
+        f"policy.base_model={tiny_model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=6",
+        "data.prompts_per_step=2", "learner.micro_batch_size=2", "learner.lr=0.05", "algorithm.ppo_epochs=2",
+        "algorithm.kl.coef=0.1", "learner.cpus_per_learner=1", "rollout.cpus_per_actor=1",
+    ]  # fmt: skip
+    cfg1 = load_config(None, overrides)
+    worker = RolloutWorker(cfg1)
+    randomize_experts(worker.policy, std=0.2)
+    batch = worker.generate(load_prompts("builtin")[:2], 0, 0, seed=0)
+    batch.rewards = torch.tensor([1.0, 0.2, -0.5, 0.3, 0.0, 1.0, 0.5, -1.0])
+    results = []
+    for learners in (1, 2):
+        cfg = load_config(None, [*overrides, f"learner.num_learners={learners}"])
+        actors = create_actors(cfg)
+        b = batch.select(slice(None))
+        b.old_logprobs, b.ref_logprobs = stages.reference_logprobs(actors, b)
+        stages.compute_advantages(b, cfg.algorithm)
+        metrics = stages.update(actors, b, cfg)
+        state = ray.get(actors.learners[0].adapter_state.remote())
+        results.append((metrics, state))
+        release(actors)
+    (m1, s1), (m2, s2) = results
+    assert abs(m1["loss"] - m2["loss"]) < 1e-5 and m1["loss"] != 0.0
+    router1, router2 = s1.router["mlp.2.weight"], s2.router["mlp.2.weight"]
+    torch.testing.assert_close(router2, router1, atol=1e-5, rtol=1e-4)
+    path = next(iter(s1.experts))
+    torch.testing.assert_close(s2.experts[path][1], s1.experts[path][1], atol=1e-5, rtol=1e-4)
+    assert s1.version == 1 and s1.experts[path][1].abs().sum() > 0  # the update moved the experts

@@ -1,0 +1,43 @@
+"""HF rollout engine: shapes, EOS masking, logprobs consistent with the learner's, stale weights refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf.config import load_config
+from rlhf.prompts import load_prompts
+from rlhf.rollout import RolloutWorker, response_mask_until_eos
+from rlhf.sync import StaleWeightsError, snapshot
+from tests.conftest import randomize_experts
+
+
+def test_response_mask_until_eos() -> None:
+    ids = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 9, 2, 9]])
+    assert response_mask_until_eos(ids, 2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+@pytest.fixture()
+def worker(tiny_model_dir) -> RolloutWorker:
+    cfg = load_config(None, [f"policy.base_model={tiny_model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=6"])
+    return RolloutWorker(cfg)
+
+
+def test_generate_and_logprobs_match_the_policy(worker) -> None:
+    randomize_experts(worker.policy, std=0.2)
+    records = load_prompts("builtin")[:2]
+    batch = worker.generate(records, group_offset=10, version=0, seed=1)
+    assert batch.response_ids.shape == (8, 6) and batch.group_ids.tolist() == [10] * 4 + [11] * 4
+    assert len(batch.completions) == 8 and batch.categories[0] == records[0].category
+    assert ((batch.routing_weights > 0).sum(-1) == 2).all()  # top-2 routing
+    relogged = worker.policy.logprobs(batch.input_ids, batch.attention_mask, 6, batch.routing_weights)
+    torch.testing.assert_close(relogged * batch.response_mask, batch.rollout_logprobs, atol=1e-4, rtol=1e-4)
+
+
+def test_stale_weights_are_refused(worker) -> None:
+    state = snapshot(worker.policy, version=2)
+    worker.set_weights(state)
+    with pytest.raises(StaleWeightsError, match="v1"):
+        worker.set_weights(snapshot(worker.policy, version=1))
+    with pytest.raises(StaleWeightsError, match="holds v2"):
+        worker.generate(load_prompts("builtin")[:1], 0, version=1, seed=0)

