@@ -34,7 +34,7 @@ test: setup lint
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) jobs/chat.py --demo
+	$(PY) jobs/demo.py
 
 bench: setup
 	$(PY) bench/mixture.py

@@ -1,0 +1,122 @@
+"""The main job on the embedded default, as a cluster user runs it: start a local Ray head, `ray job submit` the
+GRPO run, show where the curves are and one reply before vs after, stop Ray.
+
+    python jobs/demo.py                                       # configs/smollm2_cpu_grpo.yaml (what `make demo` runs)
+    python jobs/demo.py --config configs/tiny_test.yaml policy.base_model=DIR    # any preset + overrides
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_PROMPT = "I didn't get the job I interviewed for, and I feel like I'm never going to be good enough."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_head(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """`ray start --head --block` on loopback; terminating the process stops the whole head."""
+    dashboard = free_port()
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={free_port()}",
+           "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]  # fmt: skip
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return head, f"http://127.0.0.1:{dashboard}"
+
+
+def submit(address: str, job_args: list[str], env: dict[str, str], head: subprocess.Popen) -> None:
+    """`ray job submit` (streams the job's log here); retries while the dashboard is still starting."""
+    ray = str(Path(sys.executable).parent / "ray")
+    cmd = [
+        ray,
+        "job",
+        "submit",
+        f"--address={address}",
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "jobs/grpo.py",
+        *job_args,
+    ]
+    print("$ RAY_AUTH_MODE=disabled ray " + " ".join(cmd[1:]), flush=True)
+    for _ in range(90):
+        if head.poll() is not None:
+            raise RuntimeError("the Ray head exited before the job was submitted")
+        probe = subprocess.run([ray, "job", "list", f"--address={address}"], env=env, capture_output=True, text=True)
+        if probe.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        raise RuntimeError(f"the Ray dashboard at {address} did not answer within 180 s")
+    done = subprocess.run(cmd, cwd=ROOT, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"the GRPO job failed (exit {done.returncode}); its log is above")
+
+
+def show_results(cfg, run_dir: Path) -> None:
+    from policies import PersonaFusePolicy
+    from rlhf.build import build_policy
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first, last = rows[0], rows[-1]
+    print(f"\nrun folder: {run_dir}")
+    print(f"curves:     {run_dir / 'reward.png'}, {run_dir / 'kl.png'}, {run_dir / 'router_usage.png'}")
+    print(f"tensorboard --logdir {run_dir / 'tensorboard'}")
+    print(
+        f"reward/mean: step {first['step']} {first['reward/mean']:.3f} -> step {last['step']} {last['reward/mean']:.3f}"
+    )
+    half = len(rows) // 2 or 1
+    early = sum(r["reward/mean"] for r in rows[:half]) / half
+    late = sum(r["reward/mean"] for r in rows[half:]) / max(len(rows) - half, 1)
+    print(f"reward/mean, first half vs second half of the run: {early:.3f} -> {late:.3f}")
+    trained = PersonaFusePolicy.from_pretrained(run_dir / "policy").eval()
+    fresh = build_policy(cfg)  # exactly the run's seeded initial policy
+    chat = [[{"role": "user", "content": DEMO_PROMPT}]]
+    for label, policy in (("before", fresh.eval()), ("after", trained)):
+        [reply] = policy.generate(chat, max_new_tokens=80)
+        experts = ", ".join(f"{n} {w:.2f}" for n, w in reply.top_experts(3))
+        print(f"\n{label} RL  [{experts}]\n  {reply.text}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/smollm2_cpu_grpo.yaml")
+    parser.add_argument("overrides", nargs="*", help="key.path=value overrides for the job")
+    args = parser.parse_args()
+
+    from rlhf.config import ConfigError, load_config
+
+    name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    overrides = [f"run.name={name}", *args.overrides]
+    try:  # the same validation the job does, before any Ray process starts
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run_dir = (ROOT / cfg.run.output_dir / cfg.run.name).resolve()
+    overrides = [*overrides, f"run.output_dir={run_dir.parent}"]  # the job runs in Ray's copy of the repo
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # loopback-only head; the same mode for start and submit
+    head, address = start_head(env)
+    try:
+        submit(address, ["--config", args.config, *overrides], env, head)
+    finally:
+        head.terminate()
+        head.wait(timeout=120)
+    show_results(cfg, run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
