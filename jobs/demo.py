@@ -46,7 +46,7 @@ def submit(address: str, job_args: list[str], env: dict[str, str], head: subproc
         "--working-dir",
         ".",
         "--",
-        "python",
+        sys.executable,  # the entrypoint runs in a shell on the head: this interpreter, not PATH's `python`
         "jobs/grpo.py",
         *job_args,
     ]
@@ -108,6 +108,7 @@ def main() -> int:
     run_dir = (ROOT / cfg.run.output_dir / cfg.run.name).resolve()
     overrides = [*overrides, f"run.output_dir={run_dir.parent}"]  # the job runs in Ray's copy of the repo
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # loopback-only head; the same mode for start and submit
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # Ray's workers use this venv
     head, address = start_head(env)
     try:
         submit(address, ["--config", args.config, *overrides], env, head)
