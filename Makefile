@@ -10,6 +10,8 @@ export PERSONAFUSE_HOME ?= $(HOME)/.cache/personafuse
 export TORCH_EXTENSIONS_DIR ?= $(PERSONAFUSE_HOME)/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
+# Tools the jobs spawn (ray, ninja for DeepSpeed's JIT ops, python for Ray job entrypoints) come from the venv.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup test demo bench lint
 
