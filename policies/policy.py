@@ -164,14 +164,29 @@ class PersonaFusePolicy(nn.Module):
     ) -> Tensor:
         """Logits / temperature (B, T, V) that predict the last ``response_len`` tokens, under the installed
         routing (call it inside ``mixture`` or ``adapters_disabled``)."""
+        return self.response_outputs(input_ids, attention_mask, response_len, temperature)[0]
+
+    def response_outputs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        response_len: int,
+        temperature: float = 1.0,
+        with_hidden: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """(logits / temperature (B, T, V), final hidden states (B, T, H) or None) at the positions that predict
+        the last ``response_len`` tokens: position t is the state before response token t (the critic's s_t)."""
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids_for(attention_mask),
             logits_to_keep=response_len + 1,
+            output_hidden_states=with_hidden,
             use_cache=False,
         )
-        return out.logits[:, :-1].float() / temperature  # position t predicts response token t
+        logits = out.logits[:, :-1].float() / temperature  # position t predicts response token t
+        hidden = out.hidden_states[-1][:, -(response_len + 1) : -1] if with_hidden else None
+        return logits, hidden
 
     # ---- generation -------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -72,7 +72,7 @@ class KLConfig(FrozenConfig):
 
 
 class AlgorithmConfig(FrozenConfig):
-    name: Literal["grpo"] = Field("grpo", description="grpo (group advantages); ppo (critic + GAE) is not built yet.")
+    name: Literal["grpo", "ppo"] = Field("grpo", description="grpo (group advantages) or ppo (critic + GAE).")
     scale_by_std: bool = Field(True, description="GRPO: divide by the group std (false = Dr.GRPO).")
     normalize: Literal["group", "batch"] = Field("group", description="GRPO: std of the group or of the batch.")
     clip_low: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip below 1.")
@@ -89,6 +89,8 @@ class AlgorithmConfig(FrozenConfig):
     lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE lambda.")
     value_clip: float | None = Field(0.2, gt=0, description="PPO: value clip range, or null.")
     vf_coef: float = Field(0.5, ge=0, description="PPO: value-loss weight.")
+    critic_hidden: int = Field(256, ge=1, description="PPO: inner width of the value head.")
+    whiten_advantages: bool = Field(True, description="PPO: normalise GAE advantages over the batch.")
 
 
 class LearnerConfig(FrozenConfig):
@@ -100,6 +102,7 @@ class LearnerConfig(FrozenConfig):
     offload_optimizer: bool = Field(False, description="ZeRO optimizer-state offload to CPU.")
     lr: float = Field(1e-4, gt=0, description="Learning rate of the experts.")
     router_lr: float = Field(1e-4, gt=0, description="Learning rate of the router.")
+    critic_lr: float = Field(1e-3, gt=0, description="PPO: learning rate of the value head.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
     warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up in optimizer steps.")
@@ -185,8 +188,21 @@ def validate_config(tree: dict[str, Any], source: str) -> JobConfig:
         raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> JobConfig:
-    """YAML file (or defaults when None) + ``a.b=value`` overrides -> validated, frozen JobConfig."""
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, section by section."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), defaults: dict[str, Any] | None = None
+) -> JobConfig:
+    """``defaults`` < YAML file < ``a.b=value`` overrides -> validated, frozen JobConfig.
+
+    ``defaults`` is what a job implies (jobs/ppo.py: algorithm.name=ppo) where the file says nothing.
+    """
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -201,6 +217,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> JobConfig
             raise ConfigError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    tree = _merge(defaults or {}, tree)
     for override in overrides:
         apply_override(tree, override)
     return validate_config(tree, source + (f" + overrides {list(overrides)}" if overrides else ""))

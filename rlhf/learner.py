@@ -9,18 +9,23 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from policies.export import load_policy_weights
 from policies.policy import token_logprobs
+from rlhf import learner_state
 from rlhf.aggregation import aggregate
 from rlhf.batch import RolloutBatch
 from rlhf.build import build_policy
 from rlhf.config import JobConfig
+from rlhf.critic import ValueHead
 from rlhf.kl import get_kl_estimator
 from rlhf.masked import masked_mean
-from rlhf.policy_loss import entropy_from_logits, policy_loss
+from rlhf.policy_loss import entropy_from_logits, policy_loss, value_loss
 from rlhf.sync import AdapterState, snapshot
 
 
@@ -72,23 +77,32 @@ class Learner:
         if cfg.learner.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         self.policy.train()
+        # PPO's value head lives beside the policy in one DeepSpeed module, so one engine steps both.
+        self.critic: ValueHead | None = None
+        trained = nn.ModuleDict({"policy": self.policy})
+        if cfg.algorithm.name == "ppo":
+            self.critic = trained["critic"] = ValueHead(
+                self.policy.model.config.hidden_size, cfg.algorithm.critic_hidden
+            )
         rows = cfg.data.prompts_per_step * cfg.rollout.samples_per_prompt // (world_size * cfg.algorithm.minibatches)
         self.grad_accum = math.ceil(rows / cfg.learner.micro_batch_size)  # micro-batches per optimizer step
         groups = [
             {"params": [p for p in self.policy.router.parameters() if p.requires_grad], "lr": cfg.learner.router_lr},
             {"params": [p for n, p in self.policy.named_parameters() if "lora_" in n and p.requires_grad]},
+            {"params": list(self.critic.parameters()) if self.critic else [], "lr": cfg.learner.critic_lr},
         ]
         groups = [g for g in groups if g["params"]]
         optimizer = torch.optim.AdamW(groups, lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
         warmup = cfg.learner.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=self.policy,
+            model=trained,
             optimizer=optimizer,
             lr_scheduler=scheduler,
             config=deepspeed_config(cfg, self.grad_accum),
         )
         self.version = 0
+        self.rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self.kl_estimator = get_kl_estimator(cfg.algorithm.kl.estimator)
 
     def micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
@@ -96,15 +110,24 @@ class Learner:
         return [batch.select(slice(i, i + size)) for i in range(0, len(batch), size)]
 
     @torch.no_grad()
-    def reference_logprobs(self, batch: RolloutBatch) -> tuple[Tensor, Tensor]:
-        """(old_logprobs, ref_logprobs), each (B, T): pi_old under the current router, pi_ref with adapters off."""
+    def score(self, batch: RolloutBatch) -> dict[str, Tensor]:
+        """Before the update: ``old_logprobs`` (pi_old, current router + experts), ``ref_logprobs`` (pi_ref,
+        adapters off) and, for PPO, the critic's ``values``; each (B, T), 0 at padding."""
         temperature = self.cfg.rollout.temperature
-        old, ref = [], []
+        columns: dict[str, list[Tensor]] = {"old_logprobs": [], "ref_logprobs": [], "values": []}
         for mb in self.micro_batches(batch):
             weights = self.policy.route(mb.prompt_ids, mb.prompt_mask).weights
-            old.append(self.policy.logprobs(mb.input_ids, mb.attention_mask, mb.response_len, weights, temperature))
-            ref.append(self.policy.ref_logprobs(mb.input_ids, mb.attention_mask, mb.response_len, temperature))
-        return torch.cat(old) * batch.response_mask, torch.cat(ref) * batch.response_mask
+            with self.policy.mixture(weights):
+                logits, hidden = self.policy.response_outputs(
+                    mb.input_ids, mb.attention_mask, mb.response_len, temperature, with_hidden=self.critic is not None
+                )
+            columns["old_logprobs"].append(token_logprobs(logits, mb.response_ids))
+            columns["ref_logprobs"].append(
+                self.policy.ref_logprobs(mb.input_ids, mb.attention_mask, mb.response_len, temperature)
+            )
+            if self.critic is not None:
+                columns["values"].append(self.critic(hidden))
+        return {key: torch.cat(parts) * batch.response_mask for key, parts in columns.items() if parts}
 
     def update(self, shard: RolloutBatch, counts: list[MinibatchCounts]) -> dict[str, float]:
         """ppo_epochs x minibatches optimizer steps on this rank's shard.
@@ -135,9 +158,10 @@ class Learner:
         algo, mask = self.cfg.algorithm, mb.response_mask
         routed = self.policy.route(mb.prompt_ids, mb.prompt_mask)
         with self.policy.mixture(routed.weights):
-            logits = self.policy.response_logits(
-                mb.input_ids, mb.attention_mask, mb.response_len, self.cfg.rollout.temperature
-            )  # (b, T, V)
+            logits, hidden = self.policy.response_outputs(
+                mb.input_ids, mb.attention_mask, mb.response_len, self.cfg.rollout.temperature,
+                with_hidden=self.critic is not None,
+            )  # fmt: skip  # (b, T, V), (b, T, H)
         logprobs = token_logprobs(logits, mb.response_ids)
         per_token, metrics = policy_loss(
             logprobs, mb.old_logprobs, mb.advantages, mask,
@@ -150,6 +174,16 @@ class Learner:
             entropy = entropy_from_logits(logits)  # (b, T)
         if algo.entropy_coef > 0:
             per_token = per_token - algo.entropy_coef * entropy
+        critic_metrics: dict[str, float] = {}
+        if self.critic is not None:
+            values = self.critic(hidden)  # (b, T)
+            value_per_token, vf = value_loss(values, mb.values, mb.returns, mask, algo.value_clip)
+            per_token = per_token + algo.vf_coef * value_per_token
+            critic_metrics = {
+                "critic/value_loss": masked_mean(value_per_token, mask).item(),
+                "critic/vf_error": vf["critic/vf_error"].item(),
+                "critic/vf_clip_frac": vf["critic/vf_clip_frac"].item(),
+            }
         loss = aggregate(
             per_token, mask, algo.loss_agg, global_tokens=count.tokens, global_seqs=count.seqs,
             dp_size=self.world_size, max_response_len=self.cfg.rollout.max_new_tokens,
@@ -163,7 +197,24 @@ class Learner:
             "entropy": masked_mean(entropy, mask).item(),
             "clip_frac": metrics["actor/clip_frac"].item(),
             "router/aux_loss": routed.aux_loss.item(),
+            **critic_metrics,
         }
 
     def adapter_state(self) -> AdapterState:
         return snapshot(self.policy, self.version)
+
+    def training_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """This rank's optimizer, scheduler, critic, RNG and version (see learner_state.py), for a checkpoint."""
+        meta = {"version": self.version, "world_size": self.world_size, "rank": self.rank}
+        return learner_state.capture(self.optimizer, self.scheduler, self.critic, meta)
+
+    def load_training_state(self, policy_dir: str, tensors: dict[str, Tensor], document: dict[str, Any]) -> None:
+        """Restores a checkpoint: adapters from ``policy_dir``, then this rank's saved training state."""
+        if document["world_size"] != self.world_size or document["rank"] != self.rank:
+            raise ValueError(
+                f"checkpoint was written by rank {document['rank']} of {document['world_size']} learners; this is "
+                f"rank {self.rank} of {self.world_size}: resume with the same learner.num_learners"
+            )
+        load_policy_weights(self.policy, Path(policy_dir))
+        learner_state.restore(self.optimizer, self.scheduler, self.critic, tensors, document)
+        self.version = document["version"]

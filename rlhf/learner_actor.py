@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 import ray
 import torch
@@ -36,14 +37,20 @@ class LearnerActor:
         init_distributed(self.rank, self.world_size, master_addr, master_port)
         self.learner = Learner(self.cfg, self.world_size)
 
-    def reference_logprobs(self, shard: RolloutBatch) -> tuple[Tensor, Tensor]:
-        return self.learner.reference_logprobs(shard)
+    def score(self, shard: RolloutBatch) -> dict[str, Tensor]:
+        return self.learner.score(shard)
 
     def update(self, shard: RolloutBatch, counts: list[MinibatchCounts]) -> dict[str, float]:
         return self.learner.update(shard, counts)
 
     def adapter_state(self) -> AdapterState:
         return self.learner.adapter_state()
+
+    def training_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        return self.learner.training_state()
+
+    def load_training_state(self, policy_dir: str, tensors: dict[str, Tensor], document: dict[str, Any]) -> None:
+        self.learner.load_training_state(policy_dir, tensors, document)
 
     def save_policy(self, path: str) -> None:
         self.learner.policy.save_pretrained(path)

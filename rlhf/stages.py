@@ -12,9 +12,9 @@ import torch
 from rlhf.advantages import AdvantageInputs, get_advantage
 from rlhf.batch import RolloutBatch, concat
 from rlhf.config import AlgorithmConfig, JobConfig
-from rlhf.kl import get_kl_estimator
+from rlhf.kl import get_kl_estimator, kl_shaped_token_rewards
 from rlhf.learner import MinibatchCounts
-from rlhf.masked import masked_sum
+from rlhf.masked import masked_mean, masked_sum, masked_whiten
 from rlhf.placement import ActorGroups
 from rlhf.prompts import PromptRecord
 from rlhf.sync import AdapterState
@@ -37,22 +37,36 @@ def generate(actors: ActorGroups, records: list[PromptRecord], version: int, see
     return concat(ray.get(futures))
 
 
-def reference_logprobs(actors: ActorGroups, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """old_logprobs and ref_logprobs (B, T), computed by the learners on their shards."""
+def score(actors: ActorGroups, batch: RolloutBatch) -> None:
+    """Fills old_logprobs, ref_logprobs (and values for PPO), (B, T), computed by the learners on their shards."""
     shards = batch.shards(len(actors.learners))
-    results = ray.get([lr.reference_logprobs.remote(s) for lr, s in zip(actors.learners, shards, strict=True)])
-    return torch.cat([old for old, _ in results]), torch.cat([ref for _, ref in results])
+    results = ray.get([lr.score.remote(s) for lr, s in zip(actors.learners, shards, strict=True)])
+    for key in results[0]:
+        setattr(batch, key, torch.cat([r[key] for r in results]))
 
 
 def compute_advantages(batch: RolloutBatch, algo: AlgorithmConfig) -> None:
-    """GRPO advantages from the sequence rewards; with kl.placement=reward, beta * sum_t KL_t is subtracted first."""
-    rewards = batch.rewards
-    if algo.kl.placement == "reward":
-        kl = get_kl_estimator(algo.kl.estimator)(batch.old_logprobs, batch.ref_logprobs)  # (B, T)
-        rewards = rewards - algo.kl.coef * masked_sum(kl, batch.response_mask, dim=-1)
-    inputs = AdvantageInputs(batch.response_mask, rewards=rewards, group_ids=batch.group_ids)
-    estimator = get_advantage("grpo")
-    batch.advantages, batch.returns = estimator(inputs, scale_by_std=algo.scale_by_std, normalize=algo.normalize)
+    """Advantages and returns (B, T) on the driver.
+
+    grpo: group-relative advantages of the sequence rewards; with kl.placement=reward, beta * sum_t KL_t is
+          subtracted from each sequence reward first.
+    ppo:  GAE over per-token rewards (the sequence reward at the last token; -beta * KL_t at every token when
+          kl.placement=reward) against the critic's values; advantages optionally whitened over the batch.
+    """
+    mask = batch.response_mask
+    kl = get_kl_estimator(algo.kl.estimator)(batch.old_logprobs, batch.ref_logprobs)  # (B, T)
+    in_reward = algo.kl.coef if algo.kl.placement == "reward" else 0.0
+    if algo.name == "grpo":
+        rewards = batch.rewards - in_reward * masked_sum(kl, mask, dim=-1)  # (B,)
+        inputs = AdvantageInputs(mask, rewards=rewards, group_ids=batch.group_ids)
+        batch.advantages, batch.returns = get_advantage("grpo")(
+            inputs, scale_by_std=algo.scale_by_std, normalize=algo.normalize
+        )
+        return
+    batch.token_rewards = kl_shaped_token_rewards(batch.rewards, kl, mask, in_reward)  # (B, T)
+    inputs = AdvantageInputs(mask, token_rewards=batch.token_rewards, values=batch.values)
+    advantages, batch.returns = get_advantage("gae")(inputs, gamma=algo.gamma, lam=algo.lam)
+    batch.advantages = masked_whiten(advantages, mask) if algo.whiten_advantages else advantages
 
 
 def minibatch_counts(batch: RolloutBatch, cfg: JobConfig) -> list[MinibatchCounts]:
@@ -83,7 +97,14 @@ def rollout_metrics(batch: RolloutBatch, experts: tuple[str, ...], gen_seconds: 
     lengths = batch.response_mask.sum(-1).float()  # (B,)
     weights = batch.routing_weights.float()  # (B, E)
     entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1).mean()
+    critic = {}
+    if batch.values is not None:
+        critic = {
+            "critic/values": masked_mean(batch.values, batch.response_mask).item(),
+            "critic/returns": masked_mean(batch.returns, batch.response_mask).item(),
+        }
     return {
+        **critic,
         "reward/mean": batch.rewards.mean().item(),
         "reward/std": batch.rewards.std().item() if len(batch) > 1 else 0.0,
         "response_len": lengths.mean().item(),

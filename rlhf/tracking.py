@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from policies.atomic_io import atomic_write_text
+
 PLOTS = {"reward": ("reward/mean",), "kl": ("kl",)}
 
 
@@ -18,6 +20,9 @@ class Tracker:
         self.run_dir = run_dir
         self.experts = experts
         self.metrics_file = run_dir / "metrics.jsonl"
+        if start_step:  # resuming: steps after the checkpoint are run again, so their old rows go
+            kept = [json.dumps(r) + "\n" for r in self.history() if r["step"] <= start_step]
+            atomic_write_text(self.metrics_file, "".join(kept))
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=start_step, desc="rl", unit="step", dynamic_ncols=True)
 

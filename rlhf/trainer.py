@@ -14,52 +14,125 @@ import ray
 
 from policies.atomic_io import atomic_dir, atomic_write_text
 from rewards.compose import RewardComposer
-from rlhf import stages
+from rlhf import learner_state, stages
 from rlhf.config import JobConfig
 from rlhf.placement import ActorGroups, create_actors, release, start_ray
 from rlhf.prompts import PromptStream, load_prompts
 from rlhf.tracking import Tracker
 
+CHECKPOINTS = "checkpoints"
 
-def prepare_run_dir(cfg: JobConfig) -> Path:
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The highest checkpoints/step_N of a run folder (only complete ones exist: they are written atomically)."""
+    steps = sorted((int(d.name.removeprefix("step_")), d) for d in (run_dir / CHECKPOINTS).glob("step_*"))
+    if not steps:
+        raise FileNotFoundError(f"--resume: {run_dir / CHECKPOINTS} holds no checkpoint to resume from")
+    return steps[-1][1]
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """None, "latest" (the run folder's newest checkpoint) or a checkpoints/step_N folder."""
+    if resume is None:
+        return None
+    checkpoint = latest_checkpoint(run_dir) if resume == "latest" else Path(resume)
+    if not (checkpoint / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"--resume: {checkpoint} is not a checkpoint folder (no trainer_state.json)")
+    return checkpoint
+
+
+def check_same_run(cfg: JobConfig, run_dir: Path) -> None:
+    """A resumed run must use the config it was started with; only run.steps may grow."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    now = json.loads(cfg.model_dump_json())
+    saved["run"].pop("steps"), now["run"].pop("steps")
+    changed = [key for key in _flat(now) if _flat(now).get(key) != _flat(saved).get(key)]
+    if changed:
+        raise ValueError(f"--resume: the config differs from {run_dir / 'config.json'} at {changed[:5]}")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def prepare_run_dir(cfg: JobConfig, resuming: bool) -> Path:
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
-    if (run_dir / "metrics.jsonl").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; choose another run.name or delete it")
+    if resuming:
+        check_same_run(cfg, run_dir)
+    elif (run_dir / "metrics.jsonl").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; choose another run.name, delete it, or --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", cfg.model_dump_json(indent=2))
     return run_dir
 
 
 def save_checkpoint(actors: ActorGroups, run_dir: Path, step: int, state: dict) -> Path:
-    """checkpoints/step_N/: the policy (PEFT experts + router) and the driver's state, written atomically."""
-    target = run_dir / "checkpoints" / f"step_{step}"
+    """checkpoints/step_N/, written atomically: policy/ (PEFT experts + router), learner/ (each rank's optimizer,
+    scheduler, critic, RNG; see learner_state.py) and trainer_state.json (step, version, data cursor, rewards)."""
+    target = run_dir / CHECKPOINTS / f"step_{step}"
     with atomic_dir(target) as tmp:
         ray.get(actors.learners[0].save_policy.remote(str(tmp / "policy")))
+        for rank, (tensors, document) in enumerate(ray.get([lr.training_state.remote() for lr in actors.learners])):
+            learner_state.save(tmp / "learner", rank, tensors, document)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     return target
 
 
-def fit(cfg: JobConfig) -> Path:
-    """Runs cfg.run.steps RL steps and returns the run folder; actors are released even when a step fails."""
-    run_dir = prepare_run_dir(cfg)
+def restore_checkpoint(
+    actors: ActorGroups, checkpoint: Path, stream: PromptStream, composer: RewardComposer
+) -> tuple[int, int]:
+    """Loads a checkpoint into learners, data stream and reward statistics, then syncs the rollouts.
+    Returns (step, weight version)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    saved = [learner_state.load(checkpoint / "learner", rank) for rank in range(len(actors.learners))]
+    policy_dir = str(checkpoint / "policy")
+    ray.get([lr.load_training_state.remote(policy_dir, *s) for lr, s in zip(actors.learners, saved, strict=True)])
+    stream.load_state_dict(state["data"])
+    composer.load_state_dict(state["rewards"])
+    version, _ = stages.sync_weights(actors)
+    if version != state["version"]:
+        raise RuntimeError(
+            f"{checkpoint}: learners restored weights v{version}, trainer_state says v{state['version']}"
+        )
+    return state["step"], version
+
+
+def fit(cfg: JobConfig, resume: str | None = None) -> Path:
+    """Runs RL steps up to cfg.run.steps and returns the run folder; actors are released even when a step fails.
+
+    ``resume``: "latest" or a checkpoint folder; the run continues exactly where the checkpoint left it.
+    """
+    checkpoint = resolve_resume(Path(cfg.run.output_dir) / cfg.run.name, resume)
+    run_dir = prepare_run_dir(cfg, resuming=checkpoint is not None)
     records = load_prompts(cfg.data.path, system_prompt=cfg.data.system_prompt)
     stream = PromptStream(records, cfg.data.prompts_per_step, seed=cfg.run.seed)
     composer = RewardComposer(cfg.rewards)
     start_ray(cfg)
     actors = create_actors(cfg)
     try:
-        train(cfg, actors, stream, composer, run_dir)
+        start, version = restore_checkpoint(actors, checkpoint, stream, composer) if checkpoint else (0, 0)
+        train(cfg, actors, stream, composer, run_dir, start, version)
     finally:
         release(actors)
     return run_dir
 
 
-def train(cfg: JobConfig, actors: ActorGroups, stream: PromptStream, composer: RewardComposer, run_dir: Path) -> None:
-    """The RL loop, one stage per block."""
+def train(
+    cfg: JobConfig,
+    actors: ActorGroups,
+    stream: PromptStream,
+    composer: RewardComposer,
+    run_dir: Path,
+    start: int = 0,
+    version: int = 0,
+) -> None:
+    """The RL loop, one stage per block, from step ``start + 1`` with rollouts holding weights ``version``."""
     experts = cfg.policy.experts
-    tracker = Tracker(run_dir, cfg.run.steps, experts)
-    version = 0
-    for step in range(1, cfg.run.steps + 1):
+    tracker = Tracker(run_dir, cfg.run.steps, experts, start_step=start)
+    for step in range(start + 1, cfg.run.steps + 1):
         timings: dict[str, float] = {}
         step_start = time.perf_counter()
 
@@ -72,11 +145,11 @@ def train(cfg: JobConfig, actors: ActorGroups, stream: PromptStream, composer: R
             scored = composer(batch.prompts, batch.completions, category=batch.categories)
             batch.rewards = scored.rewards
 
-        # 3. pi_old (current router + experts) and pi_ref (adapters off) on the learners
+        # 3. pi_old (current router + experts), pi_ref (adapters off) and PPO's values, on the learners
         with stages.timed(timings, "ref"):
-            batch.old_logprobs, batch.ref_logprobs = stages.reference_logprobs(actors, batch)
+            stages.score(actors, batch)
 
-        # 4. advantages (cheap; on the driver)
+        # 4. advantages: GRPO group baselines or PPO's GAE (cheap; on the driver)
         with stages.timed(timings, "adv"):
             stages.compute_advantages(batch, cfg.algorithm)
 

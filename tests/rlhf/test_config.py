@@ -32,7 +32,7 @@ def test_overrides_parse_yaml_values() -> None:
         (["run.steps=many"], "run.steps"),
         (["rollout.samples_per_prompt=1"], "samples_per_prompt must be >= 2"),
         (["data.prompts_per_step=3", "rollout.samples_per_prompt=3", "learner.num_learners=2"], "divide evenly"),
-        (["algorithm.name=ppo"], "algorithm.name"),
+        (["algorithm.name=dpo"], "algorithm.name"),
         (["rewards.components=[{name: validaton, weight: 1}]"], "validation"),
         (["steps"], "key.path=value"),
     ],

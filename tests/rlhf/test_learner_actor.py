@@ -29,7 +29,7 @@ def test_one_and_two_learners_agree(ray_local, tiny_model_dir) -> None:
         cfg = load_config(None, [*overrides, f"learner.num_learners={learners}"])
         actors = create_actors(cfg)
         b = batch.select(slice(None))
-        b.old_logprobs, b.ref_logprobs = stages.reference_logprobs(actors, b)
+        stages.score(actors, b)
         stages.compute_advantages(b, cfg.algorithm)
         metrics = stages.update(actors, b, cfg)
         state = ray.get(actors.learners[0].adapter_state.remote())

@@ -38,3 +38,26 @@ def test_rollout_metrics() -> None:
     assert m["reward/mean"] == 2.0 and m["rollout/tokens_per_s"] == 3.0
     assert m["router/weight/openness_high"] == 0.75
     assert abs(m["router/entropy"] - torch.log(torch.tensor(2.0)).item() / 2) < 1e-6
+
+
+def test_ppo_advantages_are_gae_over_kl_shaped_token_rewards() -> None:
+    batch = make_batch(2, 2, 3)
+    batch.response_mask[1, 2] = 0  # row 1 has 2 tokens
+    batch.rewards = torch.tensor([1.0, 2.0])
+    batch.old_logprobs = torch.tensor([[0.0, 0.0, 0.0], [-1.0, -1.0, 0.0]])
+    batch.ref_logprobs = torch.full((2, 3), -1.0)
+    batch.values = torch.tensor([[0.5, 0.5, 0.5], [0.0, 1.0, 0.0]])
+    overrides = ["algorithm.name=ppo", "algorithm.kl.placement=reward", "algorithm.kl.estimator=k1"]
+    cfg = load_config(None, [*overrides, "algorithm.kl.coef=0.5", "algorithm.lam=1.0", "algorithm.gamma=1.0"])
+    compute_advantages(batch, cfg.algorithm)
+    # row 0: k1 = 1 per token -> token rewards [-0.5, -0.5, 1 - 0.5]; lam = gamma = 1: A_t = sum_{s>=t} r_s - V_t
+    # -> returns [-0.5, 0, 0.5]; row 1: k1 = 0 -> token rewards [0, 2] -> returns [2, 2]
+    assert batch.token_rewards.tolist() == [[-0.5, -0.5, 0.5], [0.0, 2.0, 0.0]]
+    assert batch.returns.tolist() == [[-0.5, 0.0, 0.5], [2.0, 2.0, 0.0]]
+    raw = torch.tensor([[-1.0, -0.5, 0.0], [2.0, 1.0, 0.0]])  # returns - values, 0 at padding
+    valid = raw[batch.response_mask.bool()]
+    expected = (raw - valid.mean()) / valid.std()
+    torch.testing.assert_close(batch.advantages[batch.response_mask.bool()], expected[batch.response_mask.bool()])
+    cfg = load_config(None, [*overrides, "algorithm.kl.coef=0.5", "algorithm.whiten_advantages=false"])
+    compute_advantages(batch, cfg.algorithm)
+    assert batch.advantages[1, 2] == 0 and batch.advantages[0, 2] == 0.5 - 0.5  # last token: r - V

