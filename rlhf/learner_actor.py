@@ -46,6 +46,13 @@ class LearnerActor:
     def adapter_state(self) -> AdapterState:
         return self.learner.adapter_state()
 
+    @ray.method(num_returns=2)
+    def publish_adapters(self) -> tuple[AdapterState, tuple[int, int]]:
+        """(snapshot, (version, bytes)) as two objects: rollouts fetch the first straight from this actor's node;
+        the driver only reads the small second one."""
+        state = self.learner.adapter_state()
+        return state, (state.version, state.nbytes)
+
     def training_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         return self.learner.training_state()
 

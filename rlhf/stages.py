@@ -17,7 +17,6 @@ from rlhf.learner import MinibatchCounts
 from rlhf.masked import masked_mean, masked_sum, masked_whiten
 from rlhf.placement import ActorGroups
 from rlhf.prompts import PromptRecord
-from rlhf.sync import AdapterState
 
 
 @contextlib.contextmanager
@@ -86,11 +85,12 @@ def update(actors: ActorGroups, batch: RolloutBatch, cfg: JobConfig) -> dict[str
 
 
 def sync_weights(actors: ActorGroups) -> tuple[int, int]:
-    """Rank 0's adapter snapshot -> object store -> every rollout actor. Returns (version, bytes)."""
-    state: AdapterState = ray.get(actors.learners[0].adapter_state.remote())
-    ref = ray.put(state)
-    ray.get([actor.set_weights.remote(ref) for actor in actors.rollouts])
-    return state.version, state.nbytes
+    """Rank 0's adapter snapshot -> object store -> every rollout actor, without passing through the driver.
+    Returns (version, bytes)."""
+    state_ref, meta_ref = actors.learners[0].publish_adapters.remote()
+    ray.get([actor.set_weights.remote(state_ref) for actor in actors.rollouts])
+    version, nbytes = ray.get(meta_ref)
+    return version, nbytes
 
 
 def rollout_metrics(batch: RolloutBatch, experts: tuple[str, ...], gen_seconds: float) -> dict[str, float]:
