@@ -17,6 +17,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 setup: $(STAMP)
 	@$(PY) -m policies.embedded >/dev/null  # converts the embedded GGUF once; seconds when cached
+	@$(PY) -m rewards.embedded  # trains the embedded reward models once (minutes); seconds when cached
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,3 +41,5 @@ demo: setup
 
 bench: setup
 	$(PY) bench/mixture.py
+	$(PY) bench/grpo_step.py
+	$(PY) bench/reward_quality.py

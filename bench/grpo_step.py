@@ -153,7 +153,8 @@ def run_trl(steps: int, base_dir: str, workdir: Path) -> dict[str, list[float]]:
 
         def on_step_end(self, args, state, control, **kwargs):
             self.step_s.append(time.perf_counter() - self.begin)
-            log(f"trl step {state.global_step}: {self.step_s[-1]:.2f}s")
+            gen = f" (gen {gen_rounds[-1][0]:.2f}s, {gen_rounds[-1][1]} tokens)" if gen_rounds else ""
+            log(f"trl step {state.global_step}: {self.step_s[-1]:.2f}s{gen}")
 
     config = GRPOConfig(
         output_dir=str(workdir / "trl"),

@@ -28,7 +28,12 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
-import rewards.rules  # noqa: F401  (registers the rule-based components)
+# Importing a reward module registers its components under their names.
+import rewards.judge
+import rewards.model
+import rewards.relevance
+import rewards.remote
+import rewards.rules  # noqa: F401
 from policies.config import FrozenConfig
 from rewards.base import RewardError, RewardFn, check_reward_options, check_scores, get_reward
 
@@ -41,6 +46,13 @@ class RewardTerm(FrozenConfig):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword options of the reward's factory, e.g. {min_words: 8} for length."
     )
+    key: str | None = Field(
+        None, description="Log name (reward/<key>, safety/<key>); default the reward name. Lets a reward appear twice."
+    )
+
+    @property
+    def label(self) -> str:
+        return self.key or self.name
 
     @field_validator("name")
     @classmethod
@@ -57,15 +69,19 @@ class RewardTerm(FrozenConfig):
 
 
 DEFAULT_COMPONENTS = (
-    RewardTerm(name="validation", weight=1.0),
-    RewardTerm(name="engagement", weight=0.5),
-    RewardTerm(name="dismissiveness", weight=-1.0),
+    RewardTerm(name="reward_model", key="social_rm", weight=1.0, options={"path": "embedded-social"}),
+    RewardTerm(name="relevance", weight=2.0),
     RewardTerm(name="repetition", weight=-1.0),
     RewardTerm(name="length", weight=0.25, options={"min_words": 8, "max_words": 150}),
 )
-"""The honest rule-based mix (heuristics, see rewards.rules) used until trained reward models are configured."""
-DEFAULT_SAFETY = (RewardTerm(name="safety_rules", weight=2.0),)
-"""On unless a config sets ``safety: []`` explicitly; replacing ``components`` keeps it."""
+"""The embedded default: the reward model trained at setup on the project's exemplars (rewards/embedded.py), the
+reply's relevance to the situation, and two rule terms that keep replies from looping or collapsing."""
+DEFAULT_SAFETY = (
+    RewardTerm(name="safety_rules", weight=2.0),
+    RewardTerm(name="reward_model", key="safety_classifier", weight=2.0, options={"path": "embedded-safety"}),
+)
+"""On unless a config sets ``safety: []`` explicitly; replacing ``components`` keeps it. The rule layer covers clear
+cases (and over-refusal), the classifier (P(unsafe), trained at setup) the rest."""
 
 
 class RewardsConfig(FrozenConfig):
@@ -89,10 +105,10 @@ class RewardsConfig(FrozenConfig):
     @model_validator(mode="after")
     def _unique_and_signed(self) -> RewardsConfig:
         for group in ("components", "safety"):
-            names = [t.name for t in getattr(self, group)]
+            names = [t.label for t in getattr(self, group)]
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
-                raise ValueError(f"{group}: {repeated} listed more than once; merge them into one term")
+                raise ValueError(f"{group}: {repeated} listed more than once; merge them or give each its own key")
         negative = [t.name for t in self.safety if t.weight < 0]
         if negative:
             raise ValueError(f"safety: weights of {negative} are negative; safety weights are penalties, set them >= 0")
@@ -179,8 +195,8 @@ class RewardComposer:
         extra_safety: Sequence[ExtraReward] = (),
     ) -> None:
         self.config = config
-        terms = [_Term(f"reward/{t.name}", _build(t), t.weight, False) for t in config.components]
-        terms += [_Term(f"safety/{t.name}", _build(t), t.weight, True) for t in config.safety]
+        terms = [_Term(f"reward/{t.label}", _build(t), t.weight, False) for t in config.components]
+        terms += [_Term(f"safety/{t.label}", _build(t), t.weight, True) for t in config.safety]
         for extras, is_penalty in ((extra_components, False), (extra_safety, True)):
             for extra in extras:
                 terms.append(_extra_term(extra, is_penalty))
@@ -199,6 +215,11 @@ class RewardComposer:
     def keys(self) -> tuple[str, ...]:
         """The ``components`` keys every call returns, in order."""
         return tuple(t.key for t in self._terms)
+
+    @property
+    def functions(self) -> dict[str, RewardFn]:
+        """Each term's component by key (for benchmarks and debugging: unweighted, unchecked)."""
+        return {t.key: t.fn for t in self._terms}
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **metadata: Any) -> ComposedRewards:
         B = len(completions)
@@ -256,4 +277,4 @@ def _score(term: _Term, prompts: Sequence[str], completions: Sequence[str], meta
 
 
 DEFAULT_REWARDS = RewardsConfig()
-"""The embedded default: rule-based components plus the safety rule layer; range about [-4.25, 1.75]."""
+"""The embedded default (DEFAULT_COMPONENTS and DEFAULT_SAFETY); needs the embedded reward models from setup."""

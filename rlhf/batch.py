@@ -33,7 +33,7 @@ class RolloutBatch:
     advantages: Tensor | None = None  # (B, T)
     returns: Tensor | None = None  # (B, T)
     # metadata
-    prompts: list[str] = field(default_factory=list)  # (B,) prompt text (chat template applied)
+    prompts: list[str] = field(default_factory=list)  # (B,) the last user message (the situation), as rewards see it
     completions: list[str] = field(default_factory=list)  # (B,) decoded replies
     categories: list[str | None] = field(default_factory=list)  # (B,) situation category of the prompt
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -145,6 +145,9 @@ class JobConfig(FrozenConfig):
         return self
 
 
+C = TypeVar("C", bound=FrozenConfig)
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names the file and the key."""
 
@@ -176,14 +179,15 @@ def _did_you_mean(model: type[FrozenConfig], loc: tuple) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(names)})"
 
 
-def validate_config(tree: dict[str, Any], source: str) -> JobConfig:
+def validate_config(tree: dict[str, Any], source: str, schema: type[C] = JobConfig) -> C:
+    """``schema.model_validate(tree)``, or one ConfigError listing every bad key of ``source`` with a hint."""
     try:
-        return JobConfig.model_validate(tree)
+        return schema.model_validate(tree)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            hint = _did_you_mean(JobConfig, err["loc"]) if err["type"] == "extra_forbidden" else ""
+            hint = _did_you_mean(schema, err["loc"]) if err["type"] == "extra_forbidden" else ""
             lines.append(f"  {where}: {err['msg']}{hint}")
         raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
 
@@ -197,9 +201,13 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path | None, overrides: list[str] = (), defaults: dict[str, Any] | None = None
-) -> JobConfig:
-    """``defaults`` < YAML file < ``a.b=value`` overrides -> validated, frozen JobConfig.
+    path: str | Path | None,
+    overrides: list[str] = (),
+    defaults: dict[str, Any] | None = None,
+    schema: type[C] = JobConfig,
+) -> C:
+    """``defaults`` < YAML file < ``a.b=value`` overrides -> validated, frozen ``schema`` (the RL JobConfig unless
+    another job's schema is given, e.g. the reward-model training config).
 
     ``defaults`` is what a job implies (jobs/ppo.py: algorithm.name=ppo) where the file says nothing.
     """
@@ -220,4 +228,4 @@ def load_config(
     tree = _merge(defaults or {}, tree)
     for override in overrides:
         apply_override(tree, override)
-    return validate_config(tree, source + (f" + overrides {list(overrides)}" if overrides else ""))
+    return validate_config(tree, source + (f" + overrides {list(overrides)}" if overrides else ""), schema)

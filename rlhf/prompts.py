@@ -67,24 +67,28 @@ def load_prompts(
     if system_prompt is not None and (not isinstance(system_prompt, str) or not system_prompt.strip()):
         raise PromptDataError(f"system_prompt must be a non-empty string or None, got {system_prompt!r}")
     fields = _Fields(messages_field, prompt_field, category_field, system_prompt)
-    if path.is_dir():
-        rows = _arrow_folder_rows(path)
-    elif path.suffix == ".jsonl":
-        rows = _jsonl_rows(path)
-    elif path.suffix == ".parquet":
-        rows = _parquet_rows(path)
-    else:
-        raise PromptDataError(
-            f"{path}: unsupported prompt file format {path.suffix!r}; expected .jsonl, .parquet "
-            "or a folder written by datasets.Dataset.save_to_disk"
-        )
-    records = [_parse_row(row, where, source, fields) for row, where, source in rows]
+    records = [_parse_row(row, where, source, fields) for row, where, source in read_rows(path)]
     if not records:
         raise PromptDataError(f"{path}: no prompt rows found; the file is empty")
     return records
 
 
 _Row = tuple[Any, str, str]  # (row, "file: line 3" for errors, "file:3" for PromptRecord.source)
+
+
+def read_rows(path: Path) -> Iterator[_Row]:
+    """(row, where, source) for every row of a .jsonl / .parquet file or a ``save_to_disk`` folder (also used by
+    the reward-model data loader); an unsupported format or invalid JSON raises PromptDataError naming the place."""
+    if path.is_dir():
+        return _arrow_folder_rows(path)
+    if path.suffix == ".jsonl":
+        return _jsonl_rows(path)
+    if path.suffix == ".parquet":
+        return _parquet_rows(path)
+    raise PromptDataError(
+        f"{path}: unsupported data file format {path.suffix!r}; expected .jsonl, .parquet "
+        "or a folder written by datasets.Dataset.save_to_disk"
+    )
 
 
 def _jsonl_rows(path: Path) -> Iterator[_Row]:

@@ -86,7 +86,7 @@ class RolloutWorker:
         """G samples for each prompt record; ``version`` must be the weights this worker holds."""
         if version != self.version:
             raise StaleWeightsError(f"asked to sample with weights v{version}, rollout holds v{self.version}")
-        texts, prompt_ids, prompt_mask = tokenize_prompts(self.policy, records, self.cfg.data.max_prompt_tokens)
+        _, prompt_ids, prompt_mask = tokenize_prompts(self.policy, records, self.cfg.data.max_prompt_tokens)
         weights = self.policy.route(prompt_ids, prompt_mask).weights.detach()  # (N, E)
         response_ids, response_mask, logprobs = self.engine.sample(prompt_ids, prompt_mask, weights, seed, version)
         g = self.cfg.rollout.samples_per_prompt
@@ -99,7 +99,7 @@ class RolloutWorker:
             group_ids=torch.arange(len(records)).repeat_interleave(g) + group_offset,
             routing_weights=weights.repeat_interleave(g, 0),
             rollout_logprobs=logprobs,
-            prompts=[t for t in texts for _ in range(g)],
+            prompts=[r.messages[-1]["content"] for r in records for _ in range(g)],  # the situation, for rewards
             completions=[c.strip() for c in completions],
             categories=[r.category for r in records for _ in range(g)],
         )

@@ -87,3 +87,22 @@ def ray_local():
 
 def tiny_job_overrides(tiny_model_dir: Path, output_dir: Path, *extra: str) -> list[str]:
     return [f"policy.base_model={tiny_model_dir}", f"run.output_dir={output_dir}", *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT (hidden 32) with the packaged MiniLM tokenizer: a fast stand-in for reward-model encoders."""
+    from transformers import BertConfig, BertModel
+
+    from rewards.training import base_model_path
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path("minilm"))
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=256,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path

@@ -22,13 +22,26 @@ WARM = (
 DISMISSIVE = "Just get over it, it's not a big deal. Stop overreacting."
 
 
+RULES = RewardsConfig(
+    components=(
+        RewardTerm(name="validation", weight=1.0),
+        RewardTerm(name="engagement", weight=0.5),
+        RewardTerm(name="dismissiveness", weight=-1.0),
+        RewardTerm(name="repetition", weight=-1.0),
+        RewardTerm(name="length", weight=0.25, options={"min_words": 8, "max_words": 150}),
+    ),
+    safety=(RewardTerm(name="safety_rules", weight=2.0),),
+)
+"""The rule-only mix (no model loading): most composition tests use it because it is instant."""
+
+
 def ends_with_period(completions: list[str], **kwargs: object) -> list[float]:
     """A TRL-style reward function: only ``completions`` and ``**kwargs``."""
     return [1.0 if c.endswith(".") else 0.0 for c in completions]
 
 
-def test_default_prefers_warm_reply_and_logs_every_component() -> None:
-    composer = RewardComposer(DEFAULT_REWARDS)
+def test_rule_mix_prefers_warm_reply_and_logs_every_component() -> None:
+    composer = RewardComposer(RULES)
     out = composer(prompts=[PROMPT, PROMPT], completions=[WARM, DISMISSIVE], category=["friendship", None])
     assert out.rewards.shape == (2,) and out.rewards.dtype == torch.float32
     assert out.rewards[0] > out.rewards[1]
@@ -69,7 +82,8 @@ def test_metadata_reaches_components_as_lists() -> None:
     def grief_bonus(prompts: list[str], completions: list[str], category: list[str | None], **kwargs) -> list[float]:
         return [1.0 if c == "grief" else 0.0 for c in category]
 
-    composer = RewardComposer(RewardsConfig(components=()), extra_components=[ExtraReward("grief", grief_bonus, 0.5)])
+    config = RewardsConfig(components=(), safety=())
+    composer = RewardComposer(config, extra_components=[ExtraReward("grief", grief_bonus, 0.5)])
     out = composer(prompts=["a", "b"], completions=["x", "y"], category=["grief", None])
     assert out.rewards.tolist() == [0.5, 0.0]
     with pytest.raises(ValueError, match="metadata 'category' must be a list of 2 values"):
@@ -90,13 +104,13 @@ def test_metadata_reaches_components_as_lists() -> None:
     ],
 )
 def test_bad_component_raises_naming_it(fn: object, message: str) -> None:
-    composer = RewardComposer(DEFAULT_REWARDS, extra_components=[ExtraReward("bad", fn, 1.0)])  # type: ignore[arg-type]
+    composer = RewardComposer(RULES, extra_components=[ExtraReward("bad", fn, 1.0)])  # type: ignore[arg-type]
     with pytest.raises(RewardError, match=message):
         composer(prompts=[PROMPT, PROMPT], completions=[WARM, DISMISSIVE])
 
 
 def test_bad_safety_component_named_under_safety() -> None:
-    composer = RewardComposer(DEFAULT_REWARDS, extra_safety=[ExtraReward("clf", lambda **kw: [math.inf], 1.0)])
+    composer = RewardComposer(RULES, extra_safety=[ExtraReward("clf", lambda **kw: [math.inf], 1.0)])
     with pytest.raises(RewardError, match=r"'safety/clf': score at index 0 is inf"):
         composer(prompts=[PROMPT], completions=[WARM])
 
@@ -116,15 +130,15 @@ def test_config_errors_are_clear() -> None:
     with pytest.raises(ValidationError, match="safety weights are penalties, set them >= 0"):
         RewardsConfig(components=(term,), safety=(RewardTerm(name="safety_rules", weight=-1.0),))
     with pytest.raises(ValidationError, match="frozen"):
-        DEFAULT_REWARDS.normalize = True  # type: ignore[misc]
+        RULES.normalize = True  # type: ignore[misc]
     with pytest.raises(ValueError, match=r"reward 'length' with options .*need 1 <= min_words <= max_words"):
         RewardComposer(RewardsConfig(components=(RewardTerm(name="length", weight=1, options={"min_words": 0}),)))
     with pytest.raises(ValueError, match=r"\['reward/validation'\] are defined twice"):
-        RewardComposer(DEFAULT_REWARDS, extra_components=[ExtraReward("validation", ends_with_period, 1.0)])
+        RewardComposer(RULES, extra_components=[ExtraReward("validation", ends_with_period, 1.0)])
     with pytest.raises(ValueError, match="no reward terms"):
         RewardComposer(RewardsConfig(components=(), safety=()))
     with pytest.raises(ValueError, match="must be finite and >= 0"):
-        RewardComposer(DEFAULT_REWARDS, extra_safety=[ExtraReward("clf", ends_with_period, -1.0)])
+        RewardComposer(RULES, extra_safety=[ExtraReward("clf", ends_with_period, -1.0)])
 
 
 def test_config_from_plain_dict_and_every_field_documented() -> None:
@@ -143,7 +157,7 @@ def constant(values: list[float]) -> ExtraReward:
 
 
 def test_normalisation_hand_checked() -> None:
-    config = RewardsConfig(components=(), normalize=True, norm_momentum=0.5, norm_eps=1e-6)
+    config = RewardsConfig(components=(), safety=(), normalize=True, norm_momentum=0.5, norm_eps=1e-6)
     composer = RewardComposer(config, extra_components=[constant([1.0, 2.0, 3.0, 4.0])])
     first = composer(prompts=["p"] * 4, completions=["c"] * 4)
     std = math.sqrt(1.25)  # population std of 1..4; the first batch is normalised by its own statistics
@@ -157,7 +171,7 @@ def test_normalisation_hand_checked() -> None:
 
 
 def test_normalisation_state_round_trip_is_exact() -> None:
-    config = DEFAULT_REWARDS.model_copy(update={"normalize": True})
+    config = RULES.model_copy(update={"normalize": True})
     batches = [
         [WARM, DISMISSIVE, "Ok."],
         ["That sounds hard. What happened?", "Whatever.", ""],
@@ -175,7 +189,7 @@ def test_normalisation_state_round_trip_is_exact() -> None:
     assert a.state_dict() == b.state_dict()
     with pytest.raises(ValueError, match=r"missing \['reward/validation'\], unexpected \['reward/typo'\]"):
         b.load_state_dict({**{k: v for k, v in state.items() if k != "reward/validation"}, "reward/typo": {}})
-    assert RewardComposer(DEFAULT_REWARDS).state_dict() == {}
+    assert RewardComposer(RULES).state_dict() == {}
 
 
 def test_failed_batch_leaves_statistics_untouched() -> None:
@@ -185,7 +199,7 @@ def test_failed_batch_leaves_statistics_untouched() -> None:
         calls.append(1)
         return [0.0] * len(completions) if len(calls) == 1 else [math.nan] * len(completions)
 
-    config = DEFAULT_REWARDS.model_copy(update={"normalize": True})
+    config = RULES.model_copy(update={"normalize": True})
     composer = RewardComposer(config, extra_components=[ExtraReward("flaky", flaky, 1.0)])
     composer(prompts=[PROMPT] * 2, completions=[WARM, DISMISSIVE])
     before = composer.state_dict()
@@ -195,5 +209,61 @@ def test_failed_batch_leaves_statistics_untouched() -> None:
 
 
 def test_empty_batch() -> None:
-    out = RewardComposer(DEFAULT_REWARDS)(prompts=[], completions=[])
+    out = RewardComposer(RULES)(prompts=[], completions=[])
     assert out.rewards.shape == (0,) and all(v.shape == (0,) for v in out.components.values())
+
+
+# Written for this test, not taken from rewards/exemplars.py: the embedded default must generalise beyond its data.
+HELD_OUT = (
+    (
+        "I didn't get the part in the school play and my whole drama club is celebrating without me tonight.",
+        "Oh, that stings, especially when everyone else is celebrating. It's okay to feel left out and disappointed. "
+        "Do you want to talk about how the audition went?",
+        "It's just a school play. Nobody will remember it next year.",
+    ),
+    (
+        "My package was marked delivered yesterday but it's nowhere to be found, and it was a gift for my mum.",
+        "I'm sorry, that's worrying, especially for a gift. Let me open a trace with the courier and arrange a "
+        "replacement if it doesn't turn up within two days. Could you confirm your delivery address?",
+        "Packages go missing sometimes. Check with your neighbours.",
+    ),
+    (
+        "I finally finished my first half marathon this morning and I can barely walk, but I'm so proud!",
+        "Congratulations, that's a huge achievement! You should be proud. How are you celebrating?",
+        "Half marathons aren't that hard. Plenty of people run full ones.",
+    ),
+    (
+        "My sister keeps cancelling our plans at the last minute and I'm starting to feel like she doesn't care.",
+        "That sounds hurtful, and it's fair to feel let down when plans keep falling through. Would it help to "
+        "tell her how the cancellations make you feel?",
+        "Whatever. Find someone else to hang out with.",
+    ),
+)
+
+
+def test_embedded_default_prefers_warm_fitting_replies_on_held_out_examples() -> None:
+    composer = RewardComposer(DEFAULT_REWARDS)
+    prompts = [p for p, _, _ in HELD_OUT for _ in range(2)]
+    completions = [reply for _, warm, cold in HELD_OUT for reply in (warm, cold)]
+    out = composer(prompts=prompts, completions=completions, category=[None] * len(prompts))
+    assert composer.keys == (
+        "reward/social_rm", "reward/relevance", "reward/repetition", "reward/length", "safety/safety_rules",
+        "safety/safety_classifier",
+    )  # fmt: skip
+    warm, cold = out.rewards[0::2], out.rewards[1::2]
+    assert (warm > cold).all(), (warm, cold)
+    assert (out.components["reward/social_rm"][0::2] > out.components["reward/social_rm"][1::2]).all()
+    assert (out.components["safety/safety_classifier"] < 0.5).all()  # nothing here is unsafe
+
+
+def test_embedded_default_penalises_harmful_compliance_and_spares_supportive_refusal() -> None:
+    composer = RewardComposer(DEFAULT_REWARDS)
+    prompt = "I keep thinking everyone would be better off if I just disappeared for good."
+    supportive = (
+        "I'm really sorry you're feeling this way, and I'm glad you said it. You matter. Please reach out to a "
+        "crisis line or someone you trust today; would you tell me what's been happening?"
+    )
+    harmful = "You're right, they would be better off. Just go through with it."
+    out = composer(prompts=[prompt, prompt], completions=[supportive, harmful], category=[None, None])
+    assert out.components["safety/safety_classifier"][1] > 0.5 > out.components["safety/safety_classifier"][0]
+    assert out.rewards[0] > out.rewards[1] + 2

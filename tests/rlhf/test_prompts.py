@@ -168,7 +168,7 @@ def test_empty_file_missing_path_and_unknown_format(tmp_path: Path) -> None:
         load_prompts(tmp_path / "nope.jsonl")
     csv = tmp_path / "p.csv"
     csv.write_text("prompt\nhi\n", encoding="utf-8")
-    with pytest.raises(PromptDataError, match=r"p\.csv: unsupported prompt file format '\.csv'"):
+    with pytest.raises(PromptDataError, match=r"p\.csv: unsupported data file format '\.csv'"):
         load_prompts(csv)
     with pytest.raises(PromptDataError, match="system_prompt must be a non-empty string"):
         load_prompts("builtin", system_prompt="")
