@@ -108,7 +108,13 @@ class PersonaFusePolicy(nn.Module):
     # ---- routing ----------------------------------------------------------------------------------------
     def route(self, prompt_ids: Tensor, prompt_mask: Tensor) -> RouterOutput:
         """Weights for each prompt (B, P): the router reads the base's hidden states with adapters off."""
-        with torch.no_grad(), self.adapters_disabled():
+        return self.router(self.situation_features(prompt_ids, prompt_mask))
+
+    @torch.no_grad()
+    def situation_features(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
+        """The router's input (B, d): the frozen base's hidden states (configured layer), adapters off, pooled
+        over the prompt tokens. Constant while experts train, so stage 2 can cache it."""
+        with self.adapters_disabled():
             out = self.model.base_model(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
@@ -116,8 +122,7 @@ class PersonaFusePolicy(nn.Module):
                 output_hidden_states=True,
                 use_cache=False,
             )
-        pooled = pool_prompt(out.hidden_states[self.config.router.layer], prompt_mask, self.config.router.pooling)
-        return self.router(pooled)
+        return pool_prompt(out.hidden_states[self.config.router.layer], prompt_mask, self.config.router.pooling)
 
     def weights_for(self, persona: Persona, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
         """Resolves a persona request into weights (B, E) for this batch of prompts."""

@@ -62,8 +62,12 @@ class PersonaRouter(nn.Module):
             nn.Linear(hidden_size, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, num_experts)
         )
 
+    def embed(self, pooled: Tensor) -> Tensor:
+        """The router's own situation embedding (B, hidden): what stage 2's contrastive loss shapes."""
+        return self.mlp[1](self.mlp[0](self.norm(pooled.to(self.norm.weight.dtype))))
+
     def forward(self, pooled: Tensor) -> RouterOutput:
-        router_logits = self.mlp(self.norm(pooled.to(self.norm.weight.dtype)))  # (B, E)
+        router_logits = self.mlp[2](self.embed(pooled))  # (B, E)
         probs = torch.softmax(router_logits.float() / self.config.temperature, dim=-1)
         weights = top_k_renormalise(probs, self.config.top_k)
         aux = self.config.aux_coef * router_aux_loss(self.config.aux_loss, probs, weights)

@@ -61,6 +61,9 @@ class RolloutConfig(FrozenConfig):
     gpus_per_actor: float = Field(0, ge=0, description="GPUs Ray reserves per rollout actor.")
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM's memory share.")
     vllm_kv_cache_gib: int = Field(1, ge=1, description="vLLM-CPU KV cache size in GiB (CPU hosts only).")
+    sync_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Precision of the expert tensors sent to rollouts each step (bf16 halves the bytes)."
+    )
 
 
 class KLConfig(FrozenConfig):
@@ -91,6 +94,13 @@ class AlgorithmConfig(FrozenConfig):
     vf_coef: float = Field(0.5, ge=0, description="PPO: value-loss weight.")
     critic_hidden: int = Field(256, ge=1, description="PPO: inner width of the value head.")
     whiten_advantages: bool = Field(True, description="PPO: normalise GAE advantages over the batch.")
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        """Whether pi_old needs its own forward before the update. Not for GRPO with the KL in the loss and a single
+        optimizer step per batch: every micro-batch then sees the weights that sampled, so pi_old = pi, detached,
+        exactly (TRL makes the same saving). PPO computes its values in that forward anyway."""
+        return self.name == "ppo" or self.kl.placement == "reward" or self.ppo_epochs > 1 or self.minibatches > 1
 
 
 class LearnerConfig(FrozenConfig):

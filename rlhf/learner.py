@@ -111,22 +111,28 @@ class Learner:
 
     @torch.no_grad()
     def score(self, batch: RolloutBatch) -> dict[str, Tensor]:
-        """Before the update: ``old_logprobs`` (pi_old, current router + experts), ``ref_logprobs`` (pi_ref,
-        adapters off) and, for PPO, the critic's ``values``; each (B, T), 0 at padding."""
+        """Before the update: ``ref_logprobs`` (pi_ref, adapters off) and, when the algorithm needs them
+        (``AlgorithmConfig.needs_old_logprobs``), ``old_logprobs`` (pi_old, current router + experts) and PPO's
+        ``values`` from the same forward; each (B, T), 0 at padding."""
         temperature = self.cfg.rollout.temperature
         columns: dict[str, list[Tensor]] = {"old_logprobs": [], "ref_logprobs": [], "values": []}
         for mb in self.micro_batches(batch):
-            weights = self.policy.route(mb.prompt_ids, mb.prompt_mask).weights
-            with self.policy.mixture(weights):
-                logits, hidden = self.policy.response_outputs(
-                    mb.input_ids, mb.attention_mask, mb.response_len, temperature, with_hidden=self.critic is not None
-                )
-            columns["old_logprobs"].append(token_logprobs(logits, mb.response_ids))
+            if self.cfg.algorithm.needs_old_logprobs:
+                weights = self.policy.route(mb.prompt_ids, mb.prompt_mask).weights
+                with self.policy.mixture(weights):
+                    logits, hidden = self.policy.response_outputs(
+                        mb.input_ids,
+                        mb.attention_mask,
+                        mb.response_len,
+                        temperature,
+                        with_hidden=self.critic is not None,
+                    )
+                columns["old_logprobs"].append(token_logprobs(logits, mb.response_ids))
+                if self.critic is not None:
+                    columns["values"].append(self.critic(hidden))
             columns["ref_logprobs"].append(
                 self.policy.ref_logprobs(mb.input_ids, mb.attention_mask, mb.response_len, temperature)
             )
-            if self.critic is not None:
-                columns["values"].append(self.critic(hidden))
         return {key: torch.cat(parts) * batch.response_mask for key, parts in columns.items() if parts}
 
     def update(self, shard: RolloutBatch, counts: list[MinibatchCounts]) -> dict[str, float]:
@@ -164,7 +170,7 @@ class Learner:
             )  # fmt: skip  # (b, T, V), (b, T, H)
         logprobs = token_logprobs(logits, mb.response_ids)
         per_token, metrics = policy_loss(
-            logprobs, mb.old_logprobs, mb.advantages, mask,
+            logprobs, logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs, mb.advantages, mask,
             clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
         )  # fmt: skip
         kl = self.kl_estimator(logprobs, mb.ref_logprobs)  # (b, T)
@@ -201,7 +207,8 @@ class Learner:
         }
 
     def adapter_state(self) -> AdapterState:
-        return snapshot(self.policy, self.version)
+        dtype = torch.bfloat16 if self.cfg.rollout.sync_dtype == "bf16" else None
+        return snapshot(self.policy, self.version, dtype)
 
     def training_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """This rank's optimizer, scheduler, critic, RNG and version (see learner_state.py), for a checkpoint."""

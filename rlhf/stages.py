@@ -53,8 +53,10 @@ def compute_advantages(batch: RolloutBatch, algo: AlgorithmConfig) -> None:
           kl.placement=reward) against the critic's values; advantages optionally whitened over the batch.
     """
     mask = batch.response_mask
-    kl = get_kl_estimator(algo.kl.estimator)(batch.old_logprobs, batch.ref_logprobs)  # (B, T)
     in_reward = algo.kl.coef if algo.kl.placement == "reward" else 0.0
+    kl = torch.zeros_like(mask, dtype=torch.float32)  # (B, T); only the in-reward placement reads it here
+    if algo.kl.placement == "reward":
+        kl = get_kl_estimator(algo.kl.estimator)(batch.old_logprobs, batch.ref_logprobs)
     if algo.name == "grpo":
         rewards = batch.rewards - in_reward * masked_sum(kl, mask, dim=-1)  # (B,)
         inputs = AdvantageInputs(mask, rewards=rewards, group_ids=batch.group_ids)

@@ -31,10 +31,11 @@ class AdapterState:
 
 
 @torch.no_grad()
-def snapshot(policy: PersonaFusePolicy, version: int) -> AdapterState:
-    """Detached CPU copies of the trainable adapter tensors."""
+def snapshot(policy: PersonaFusePolicy, version: int, dtype: torch.dtype | None = None) -> AdapterState:
+    """Detached CPU copies of the trainable adapter tensors; ``dtype`` (e.g. bf16) halves what travels, at the
+    cost of rounding the rollout's copy (the learner keeps full precision; the loss uses the learner's pi_old)."""
     experts = {
-        path: (layer.lora_A.detach().cpu().clone(), layer.lora_B.detach().cpu().clone())
+        path: (layer.lora_A.detach().to("cpu", dtype).clone(), layer.lora_B.detach().to("cpu", dtype).clone())
         for path, layer in policy.mixture_layers.items()
     }
     router = {k: v.detach().cpu().clone() for k, v in policy.router.state_dict().items()}

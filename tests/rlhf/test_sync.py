@@ -25,3 +25,17 @@ def test_snapshot_is_a_copy(tiny_policy) -> None:
     state = snapshot(tiny_policy, 0)
     randomize_experts(tiny_policy, seed=5)
     assert next(iter(state.experts.values()))[1].abs().sum() == 0
+
+
+def test_bf16_snapshot_halves_the_bytes_and_loads_into_fp32(tiny_policy) -> None:
+    from tests.conftest import randomize_experts
+
+    randomize_experts(tiny_policy)
+    full, half = snapshot(tiny_policy, 1), snapshot(tiny_policy, 1, torch.bfloat16)
+    expert_bytes = sum(t.numel() * 4 for pair in full.experts.values() for t in pair)
+    assert full.nbytes - half.nbytes == expert_bytes // 2  # experts travel in bf16; the small router stays fp32
+    path, (a, _) = next(iter(half.experts.items()))
+    assert a.dtype == torch.bfloat16
+    load_snapshot(tiny_policy, half)
+    layer = tiny_policy.mixture_layers[path]
+    assert layer.lora_A.dtype == torch.float32 and torch.equal(layer.lora_A, a.float())
