@@ -109,7 +109,7 @@ def main() -> None:
 
     log(f"scoring {args.judge_pairs} pairs with the embedded SmolLM2 empathy judge ...")
     judge_pairs = pairs[: args.judge_pairs]
-    judge = evaluate_pairs(Judge(rubric="empathy"), judge_pairs) if judge_pairs else {}
+    judge = evaluate_pairs(Judge(rubric="empathy", max_prompt_tokens=4096), judge_pairs) if judge_pairs else {}
 
     log("training a reward model on 80% of the questions ...")
     train, held = split_by_question(pairs, 0.2, args.seed)

@@ -1,0 +1,192 @@
+"""Stage 1b: supervised fine-tuning of each persona expert on its own synthesized replies.
+
+Legend: B = rows, P = prompt tokens, T = reply tokens, E = experts.
+
+Every row trains only its own expert: the mixture runs with one-hot weights per row (B, E), so rows of different
+experts share a batch and each expert's LoRA slice receives gradient only from its rows (weight decay is off by
+default so absent experts stay put). Loss: mean token NLL of the reply given the chat-templated situation
+
+    L = -1/N sum_{rows, reply tokens} log pi_e(y_t | x, y_<t)  +  c * S,
+    S = mean over layers and expert pairs e != f of cos(vec B_e, vec B_f)^2      (optional specialisation term)
+
+S pushes the experts' output directions apart so two poles do not learn the same edit.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from policies.atomic_io import atomic_dir
+from policies.config import FrozenConfig, PersonaConfig
+from policies.policy import PersonaFusePolicy
+from policies.traits import DEFAULT_EXPERTS
+from rlhf.batch import pad_right
+from rlhf.masked import masked_mean
+
+
+class AdapterSFTConfig(FrozenConfig):
+    base_model: str = Field("embedded", description="Base model folder or 'embedded' (when init_from is null).")
+    init_from: str | None = Field(None, description="Start from a saved policy instead of fresh experts.")
+    data_dir: str = Field(description="Stage 1a output: one <expert>.jsonl per expert.")
+    output_dir: str = Field(description="Stage folder: policy/ and sft_report.json, written atomically.")
+    experts: tuple[str, ...] = Field(DEFAULT_EXPERTS, description="Persona experts (fresh policy).")
+    rank: int = Field(8, ge=1, description="LoRA rank of each expert (fresh policy).")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha (fresh policy).")
+    epochs: int = Field(2, ge=1, description="Passes over all experts' rows.")
+    batch_size: int = Field(8, ge=1, description="Rows per optimizer step (mixed experts).")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Keep 0: decay would also move experts absent from a batch.")
+    max_tokens: int = Field(320, ge=16, description="Prompt + reply tokens; longer rows are an error.")
+    specialisation_coef: float = Field(0.0, ge=0, description="Weight c of the expert-separation term S.")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Rows per expert kept out to report NLL.")
+    seed: int = Field(0, description="Seed of init, split and order.")
+
+
+def specialisation_penalty(policy: PersonaFusePolicy) -> Tensor:
+    """S = mean over mixture layers and expert pairs e != f of cos(vec B_e, vec B_f)^2 (0 for one expert)."""
+    terms = []
+    for layer in policy.mixture_layers.values():
+        flat = F.normalize(layer.lora_B.flatten(1), dim=-1, eps=1e-8)  # (E, d_out * r)
+        cos = flat @ flat.T  # (E, E)
+        off = ~torch.eye(len(flat), dtype=torch.bool, device=flat.device)
+        terms.append(cos[off].square().mean() if off.any() else cos.new_zeros(()))
+    return torch.stack(terms).mean()
+
+
+def load_rows(data_dir: Path, experts: tuple[str, ...]) -> list[tuple[int, str, str]]:
+    """(expert index, situation, reply) for every row of every expert file; a missing file is an error."""
+    rows = []
+    for e, name in enumerate(experts):
+        path = data_dir / f"{name}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no persona data for expert {name} (run jobs/synthesize_persona_data.py)")
+        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+            row = json.loads(line)
+            if not (
+                isinstance(row.get("situation"), str) and isinstance(row.get("reply"), str) and row["reply"].strip()
+            ):
+                raise ValueError(f"{path}: line {lineno}: needs non-empty 'situation' and 'reply' strings")
+            rows.append((e, row["situation"], row["reply"]))
+    return rows
+
+
+def encode(policy: PersonaFusePolicy, rows: list[tuple[int, str, str]], max_tokens: int) -> dict[str, Tensor]:
+    """Left-padded prompts + right-padded replies (+ EOS) and one-hot weights (B, E), the RL batch layout."""
+    tok = policy.tokenizer
+    prompts, replies = [], []
+    for _, situation, reply in rows:
+        chat = [{"role": "user", "content": situation}]
+        prompts.append(
+            tok(
+                tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False), add_special_tokens=False
+            ).input_ids
+        )
+        replies.append([*tok(reply, add_special_tokens=False).input_ids, tok.eos_token_id])
+    for i, (p, r) in enumerate(zip(prompts, replies, strict=True)):
+        if len(p) + len(r) > max_tokens:
+            raise ValueError(f"row {i}: {len(p) + len(r)} tokens, more than max_tokens={max_tokens}")
+    width = max(len(p) for p in prompts)
+    prompt_ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    response_ids = pad_right(replies, tok.pad_token_id, torch.long)
+    response_mask = pad_right([[1] * len(r) for r in replies], 0, torch.long)
+    weights = F.one_hot(torch.tensor([e for e, _, _ in rows]), len(policy.experts)).float()
+    return {
+        "input_ids": torch.cat([prompt_ids, response_ids], 1),
+        "attention_mask": torch.cat([prompt_mask, response_mask], 1),
+        "response_mask": response_mask,
+        "weights": weights,
+    }
+
+
+def reply_nll(policy: PersonaFusePolicy, batch: dict[str, Tensor], weights: Tensor | None = None) -> Tensor:
+    """Mean reply-token NLL under ``weights`` (default the batch's one-hot experts; zeros = the base)."""
+    T = batch["response_mask"].shape[1]
+    w = batch["weights"] if weights is None else weights
+    logprobs = policy.logprobs(batch["input_ids"], batch["attention_mask"], T, w)  # (B, T)
+    return -masked_mean(logprobs, batch["response_mask"])
+
+
+def fresh_policy(cfg: AdapterSFTConfig) -> PersonaFusePolicy:
+    from policies.embedded import embedded_model_dir
+
+    base = str(embedded_model_dir()) if cfg.base_model == "embedded" else cfg.base_model
+    torch.manual_seed(cfg.seed)
+    return PersonaFusePolicy.from_base(
+        PersonaConfig(base_model=base, experts=cfg.experts, rank=cfg.rank, alpha=cfg.alpha)
+    )
+
+
+@torch.no_grad()
+def evaluate(policy: PersonaFusePolicy, rows: list[tuple[int, str, str]], cfg: AdapterSFTConfig) -> dict[str, dict]:
+    """Per expert: mean reply NLL with that expert alone vs the base (adapters off) on ``rows``."""
+    out = {}
+    for e, name in enumerate(policy.experts):
+        mine = [r for r in rows if r[0] == e]
+        if not mine:
+            continue
+        batch = encode(policy, mine, cfg.max_tokens)
+        with policy.adapters_disabled():
+            base = reply_nll(policy, batch, torch.zeros_like(batch["weights"])).item()
+        out[name] = {"rows": len(mine), "nll_expert": reply_nll(policy, batch).item(), "nll_base": base}
+    return out
+
+
+def split_heldout(rows: list, num_experts: int, fraction: float) -> tuple[list, list]:
+    """(train, held): the first ``fraction`` of each expert's (shuffled) rows are held out."""
+    train, held = [], []
+    for e in range(num_experts):
+        mine = [r for r in rows if r[0] == e]
+        k = int(fraction * len(mine))
+        held += mine[:k]
+        train += mine[k:]
+    return train, held
+
+
+def train_adapters(cfg: AdapterSFTConfig) -> Path:
+    policy = PersonaFusePolicy.from_pretrained(cfg.init_from) if cfg.init_from else fresh_policy(cfg)
+    rows = load_rows(Path(cfg.data_dir), policy.experts)
+    rng = random.Random(cfg.seed)
+    rng.shuffle(rows)
+    train, held = split_heldout(rows, len(policy.experts), cfg.heldout_fraction)
+    policy.set_trainable(router=False, experts=True)
+    policy.train()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    before = evaluate(policy, held, cfg) if held else {}
+    start, losses = time.perf_counter(), []
+    for epoch in range(cfg.epochs):
+        rng.shuffle(train)
+        for i in range(0, len(train), cfg.batch_size):
+            batch = encode(policy, train[i : i + cfg.batch_size], cfg.max_tokens)
+            loss = reply_nll(policy, batch)
+            if cfg.specialisation_coef > 0:
+                loss = loss + cfg.specialisation_coef * specialisation_penalty(policy)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append({"epoch": epoch + 1, "loss": loss.item()})
+    policy.eval()
+    report = {
+        "train_rows": len(train),
+        "heldout_rows": len(held),
+        "seconds": time.perf_counter() - start,
+        "heldout_before": before,
+        "heldout_after": evaluate(policy, held, cfg) if held else {},
+        "specialisation": specialisation_penalty(policy).item(),
+        "losses": losses,
+    }
+    target = Path(cfg.output_dir)
+    with atomic_dir(target) as out:
+        policy.save_pretrained(out / "policy")
+        (out / "sft_report.json").write_text(json.dumps(report, indent=2))
+        (out / "training_config.json").write_text(cfg.model_dump_json(indent=2))
+    return target

@@ -1,0 +1,202 @@
+"""Stage 1a: persona data. A teacher model answers each situation as a person at one trait pole, with a
+personality-aware chain of thought: it first reasons how that pole shows in this situation (turn 1), then replies
+with that reasoning in its context (turn 2). Only the reply is kept for training; the reasoning is kept as
+provenance. Replies are filtered (length, repetition, refusals, duplicates) and each expert gets its own JSONL.
+
+Every prompt below was written for this project.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from policies.atomic_io import atomic_dir
+from policies.config import FrozenConfig
+from policies.situations import Situation, load_situations
+from policies.traits import DEFAULT_EXPERTS
+
+TEMPLATE_VERSION = "persona-cot-v1"
+
+POLE_DESCRIPTIONS = {
+    "openness_high": "curious, imaginative and open to new ideas; you suggest fresh angles and creative options",
+    "openness_low": "practical, conventional and down to earth; you stick to proven, familiar, concrete steps",
+    "conscientiousness_high": "organised, careful and dependable; you give clear, thorough, step-by-step plans",
+    "conscientiousness_low": "relaxed, flexible and spontaneous; you go with the flow and do not over-plan",
+    "extraversion_high": "outgoing, energetic and enthusiastic; you are expressive, upbeat and sociable",
+    "extraversion_low": "quiet, reserved and calm; you speak briefly, gently and without fuss",
+    "agreeableness_high": "warm, kind and compassionate; you validate feelings and put the other person first",
+    "agreeableness_low": "frank, direct and candid; you say plainly what you think, without sugar-coating",
+    "neuroticism_high": "sensitive and emotionally expressive; you openly share worry and take risks seriously",
+    "neuroticism_low": "calm, steady and emotionally stable; you stay composed and reassuring under pressure",
+}
+
+THINK_PROMPT = (
+    'You are a person who is {description}. Someone tells you:\n\n"{situation}"\n\n'
+    "Before answering, think in two or three sentences: how would a person like you feel about this, and what "
+    "would you want to say? Write only your thoughts."
+)
+REPLY_PROMPT = "Now reply to them directly, in your own voice, in two to four sentences. Write only the reply."
+
+REFUSALS = ("i cant", "i cannot", "im not able", "i am not able", "as an ai", "im unable", "i am unable")
+
+
+class SynthesisConfig(FrozenConfig):
+    teacher: str = Field("embedded", description="Teacher model folder (HF, safetensors) or 'embedded'.")
+    output_dir: str = Field(description="One <expert>.jsonl per expert + manifest.json, written atomically.")
+    situations: str = Field("builtin", description="Labelled situations (policies/situations.py).")
+    split: str = Field("train", description="Which split to write data for ('train'; held-out stays unseen).")
+    experts: tuple[str, ...] = Field(DEFAULT_EXPERTS, description="Poles to write data for.")
+    samples_per_situation: int = Field(1, ge=1, description="Replies sampled per situation and pole.")
+    max_situations: int | None = Field(None, ge=1, description="Use only the first N situations (quick runs).")
+    think_tokens: int = Field(64, ge=8, description="Token budget of the reasoning turn.")
+    reply_tokens: int = Field(96, ge=8, description="Token budget of the reply turn.")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus mass.")
+    batch_size: int = Field(8, ge=1, description="Conversations per generate call.")
+    min_words: int = Field(8, ge=1, description="Filter: shorter replies are dropped (and counted).")
+    max_words: int = Field(120, ge=1, description="Filter: longer replies are dropped (and counted).")
+    max_repeated_trigram_share: float = Field(0.2, ge=0, le=1, description="Filter: repetitive replies dropped.")
+    seed: int = Field(0, description="Sampling seed.")
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower().replace("'", "").replace("\u2019", "")).strip()
+
+
+def repeated_trigram_share(text: str) -> float:
+    """Share of word trigrams that repeat an earlier trigram of the same text (0 = no repetition)."""
+    words = _normalise(text).split()
+    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def filter_reason(reply: str, seen: set[str], cfg: SynthesisConfig) -> str | None:
+    """Why a reply is dropped (``too_short``, ``too_long``, ``repetitive``, ``refusal``, ``duplicate``) or None."""
+    words = len(reply.split())
+    norm = _normalise(reply)
+    if words < cfg.min_words:
+        return "too_short"
+    if words > cfg.max_words:
+        return "too_long"
+    if repeated_trigram_share(reply) > cfg.max_repeated_trigram_share:
+        return "repetitive"
+    if any(f" {marker} " in f" {norm} " for marker in REFUSALS):
+        return "refusal"
+    if norm in seen:
+        return "duplicate"
+    return None
+
+
+@dataclass(frozen=True)
+class Sample:
+    situation: Situation
+    expert: str
+    reasoning: str
+    reply: str
+
+
+class HFTeacher:
+    """Batched chat generation with transformers (left padding, sampling)."""
+
+    def __init__(self, folder: str, seed: int):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = folder
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        self.tokenizer.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
+        self.model.eval()
+        self.seed = seed
+
+    @torch.no_grad()
+    def chat(self, conversations: list[list[dict[str, str]]], max_new_tokens: int, cfg: SynthesisConfig) -> list[str]:
+        texts = [
+            self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations
+        ]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        out = self.model.generate(
+            **batch, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )  # fmt: skip
+        return [
+            t.strip() for t in self.tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+        ]
+
+
+def synthesize(cfg: SynthesisConfig, teacher: HFTeacher) -> tuple[list[Sample], dict[str, dict[str, int]]]:
+    """All kept samples and, per expert, the count of each filter reason (``kept`` included)."""
+    situations = load_situations(cfg.situations, cfg.split)[: cfg.max_situations]
+    jobs = [(s, e) for e in cfg.experts for s in situations for _ in range(cfg.samples_per_situation)]
+    torch.manual_seed(cfg.seed)
+    kept: list[Sample] = []
+    counts = {e: {"kept": 0} for e in cfg.experts}
+    seen: dict[str, set[str]] = {e: set() for e in cfg.experts}
+    for i in range(0, len(jobs), cfg.batch_size):
+        chunk = jobs[i : i + cfg.batch_size]
+        think = [
+            [{"role": "user", "content": THINK_PROMPT.format(description=POLE_DESCRIPTIONS[e], situation=s.text)}]
+            for s, e in chunk
+        ]
+        thoughts = teacher.chat(think, cfg.think_tokens, cfg)
+        replies = teacher.chat(
+            [
+                [*c, {"role": "assistant", "content": t}, {"role": "user", "content": REPLY_PROMPT}]
+                for c, t in zip(think, thoughts, strict=True)
+            ],
+            cfg.reply_tokens,
+            cfg,
+        )
+        for (situation, expert), thought, reply in zip(chunk, thoughts, replies, strict=True):
+            reason = filter_reason(reply, seen[expert], cfg)
+            if reason:
+                counts[expert][reason] = counts[expert].get(reason, 0) + 1
+                continue
+            seen[expert].add(_normalise(reply))
+            counts[expert]["kept"] += 1
+            kept.append(Sample(situation, expert, thought, reply))
+    return kept, counts
+
+
+def write_persona_data(cfg: SynthesisConfig) -> Path:
+    """Runs the synthesis and writes <output_dir>/<expert>.jsonl + manifest.json atomically."""
+    from policies.embedded import embedded_model_dir
+
+    folder = str(embedded_model_dir()) if cfg.teacher == "embedded" else cfg.teacher
+    teacher = HFTeacher(folder, cfg.seed)
+    start = time.perf_counter()
+    samples, counts = synthesize(cfg, teacher)
+    provenance = {"teacher": cfg.teacher, "template": TEMPLATE_VERSION, "seed": cfg.seed}
+    target = Path(cfg.output_dir)
+    with atomic_dir(target) as out:
+        for expert in cfg.experts:
+            rows = [
+                {
+                    "situation_id": s.situation.id,
+                    "category": s.situation.category,
+                    "situation": s.situation.text,
+                    "reply": s.reply,
+                    "reasoning": s.reasoning,
+                    "provenance": provenance,
+                }
+                for s in samples
+                if s.expert == expert
+            ]
+            (out / f"{expert}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        manifest = {
+            **provenance,
+            "think_prompt": THINK_PROMPT,
+            "reply_prompt": REPLY_PROMPT,
+            "pole_descriptions": {e: POLE_DESCRIPTIONS[e] for e in cfg.experts},
+            "counts": counts,
+            "seconds": time.perf_counter() - start,
+            "config": json.loads(cfg.model_dump_json()),
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return target

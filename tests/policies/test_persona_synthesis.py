@@ -1,0 +1,44 @@
+"""Stage 1a on the tiny model: two-turn generation, filters with counted reasons, one file per expert."""
+
+from __future__ import annotations
+
+import json
+
+from policies.persona_synthesis import SynthesisConfig, filter_reason, repeated_trigram_share, write_persona_data
+from tests.policies.test_situations import _write
+
+
+def test_filters_name_their_reason() -> None:
+    cfg = SynthesisConfig(output_dir="x", min_words=3, max_words=12)
+    assert filter_reason("Ok.", set(), cfg) == "too_short"
+    assert filter_reason("word " * 13, set(), cfg) == "too_long"
+    assert filter_reason("so so so so so so so so so so", set(), cfg) == "repetitive"
+    assert filter_reason("As an AI I cannot help with that.", set(), cfg) == "refusal"
+    assert filter_reason("That sounds hard, tell me more.", {"that sounds hard tell me more"}, cfg) == "duplicate"
+    assert filter_reason("That sounds hard, tell me more.", set(), cfg) is None
+    assert repeated_trigram_share("a b c a b c") == 0.25  # 4 trigrams, 1 repeats an earlier one
+
+
+def test_synthesis_writes_one_file_per_expert_with_provenance(tmp_path, tiny_model_dir) -> None:
+    rows = [
+        {"id": f"s{i}", "category": "c", "situation": f"My plant number {i} died and I feel sad.",
+         "target": {"agreeableness_high": 1.0}, "split": "train"}
+        for i in range(3)
+    ]  # fmt: skip
+    cfg = SynthesisConfig(
+        teacher=str(tiny_model_dir), output_dir=str(tmp_path / "data"), situations=str(_write(tmp_path, rows)),
+        experts=("agreeableness_high", "agreeableness_low"), think_tokens=8, reply_tokens=12, min_words=1,
+        max_words=200, max_repeated_trigram_share=1.0, batch_size=4,
+    )  # fmt: skip
+    out = write_persona_data(cfg)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for expert in cfg.experts:
+        counts = manifest["counts"][expert]
+        assert sum(counts.values()) == 3  # every situation is either kept or counted under a reason
+        lines = (out / f"{expert}.jsonl").read_text().splitlines()
+        assert len(lines) == counts["kept"]
+        for line in lines:
+            row = json.loads(line)
+            assert row["provenance"] == {"teacher": str(tiny_model_dir), "template": "persona-cot-v1", "seed": 0}
+            assert row["reply"] and "reasoning" in row
+    assert "{description}" in manifest["think_prompt"]
