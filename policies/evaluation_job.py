@@ -1,0 +1,107 @@
+"""The evaluation run behind jobs/evaluate.py: config, every section, and the report files."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from policies.atomic_io import atomic_dir
+from policies.config import FrozenConfig
+from policies.evaluation import (
+    evaluate_mc,
+    load_mc,
+    plot_routing,
+    report_markdown,
+    routing_by_category,
+    safety_rates,
+    trait_direction_table,
+    win_rate,
+)
+from policies.policy import PersonaFusePolicy
+from policies.situations import load_situations
+
+
+class EvaluationConfig(FrozenConfig):
+    policy: str = Field(description="A saved policy folder (PersonaFusePolicy.save_pretrained).")
+    base_model: str | None = Field(None, description="Override the base folder recorded in the policy.")
+    output_dir: str = Field(description="report.json, report.md and PNGs, written atomically.")
+    multiple_choice: tuple[str, ...] = Field((), description="Generic MC JSONL files (EmoBench-style data you have).")
+    reasoning: tuple[str, ...] = Field((), description="MC JSONL files that measure reasoning retention.")
+    win_rate_reward: str = Field("reward_model", description="Registered reward component judging the win rate.")
+    win_rate_options: dict[str, Any] = Field(default_factory=dict, description="Its options (default: embedded).")
+    situations: str = Field("builtin", description="Situations for routing and win rate (held-out split).")
+    max_win_rate_prompts: int = Field(20, ge=1, description="Held-out situations used for the win rate.")
+    max_new_tokens: int = Field(64, ge=1, description="Reply length for win rate and safety.")
+    sections: tuple[str, ...] = Field(
+        ("traits", "multiple_choice", "reasoning", "win_rate", "safety", "routing"), description="What to run."
+    )
+
+
+def _plot_traits(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    colours = ["tab:green" if r["right_direction"] else "tab:red" for r in rows]
+    ax.bar([r["expert"] for r in rows], [r["delta"] for r in rows], color=colours)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("trait score change vs base")
+    ax.tick_params(axis="x", rotation=60, labelsize=7)
+    ax.set_title("trait expression per expert (green = right direction)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_evaluation(cfg: EvaluationConfig) -> Path:
+    import rewards.compose  # noqa: F401  (registers the reward components)
+    from rewards.base import get_reward
+
+    policy = PersonaFusePolicy.from_pretrained(cfg.policy, base_model=cfg.base_model).eval()
+    held = load_situations(cfg.situations, "heldout")
+    report: dict[str, Any] = {"policy": cfg.policy, "experts": list(policy.experts)}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        start = time.perf_counter()
+        result = fn()
+        timings[name] = time.perf_counter() - start
+        return result
+
+    if "traits" in cfg.sections:
+        report["trait_directions"] = timed("traits", lambda: trait_direction_table(policy))
+    for section in ("multiple_choice", "reasoning"):
+        files = getattr(cfg, section)
+        if section in cfg.sections and files:
+            report[section] = {
+                f: {"policy": evaluate_mc(policy, load_mc(f), "auto"), "base": evaluate_mc(policy, load_mc(f), None)}
+                for f in files
+            }
+    if "win_rate" in cfg.sections:
+        options = cfg.win_rate_options or ({"path": "embedded-social"} if cfg.win_rate_reward == "reward_model" else {})
+        scorer = get_reward(cfg.win_rate_reward)(**options)
+        prompts = [s.text for s in held[: cfg.max_win_rate_prompts]]
+        report["win_rate"] = {
+            "reward": cfg.win_rate_reward,
+            **timed("win_rate", lambda: win_rate(policy, prompts, scorer, cfg.max_new_tokens)),
+        }
+    if "safety" in cfg.sections:
+        report["safety"] = timed("safety", lambda: safety_rates(policy, cfg.max_new_tokens))
+    if "routing" in cfg.sections:
+        report["routing"] = timed("routing", lambda: routing_by_category(policy, held))
+    report["seconds"] = timings
+    target = Path(cfg.output_dir)
+    with atomic_dir(target) as out:
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.md").write_text(report_markdown(report))
+        if "trait_directions" in report:
+            _plot_traits(report["trait_directions"], out / "trait_directions.png")
+        if "routing" in report:
+            plot_routing(report["routing"], policy.experts, out / "routing_heatmap.png")
+    return target

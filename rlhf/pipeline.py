@@ -1,0 +1,107 @@
+"""The full PersonaFuse pipeline: stage 1 (persona data -> adapter SFT) -> stage 2 (router) -> RL -> evaluation.
+
+Each stage writes its own folder under ``output_dir`` (atomically) and is skipped when that folder exists, so a
+stopped pipeline resumes at the first missing stage. Every stage's config is built and validated before the first
+stage runs; each stage reads the previous stage's output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from policies.adapter_sft import AdapterSFTConfig, train_adapters
+from policies.config import FrozenConfig
+from policies.evaluation_job import EvaluationConfig, run_evaluation
+from policies.persona_synthesis import SynthesisConfig, write_persona_data
+from policies.router_training import RouterTrainingConfig, train_router
+from rlhf.config import JobConfig, load_config
+
+STAGES = ("persona_data", "adapters", "router", "rl", "evaluation")
+
+
+class PipelineConfig(FrozenConfig):
+    output_dir: str = Field("runs/pipeline", description="One sub-folder per stage.")
+    base_model: str = Field("embedded", description="Base model folder, or 'embedded'.")
+    persona_data: dict[str, Any] = Field(default_factory=dict, description="SynthesisConfig settings.")
+    adapters: dict[str, Any] = Field(default_factory=dict, description="AdapterSFTConfig settings.")
+    router: dict[str, Any] = Field(default_factory=dict, description="RouterTrainingConfig settings.")
+    rl_config: str = Field("configs/smollm2_cpu_grpo.yaml", description="RL preset (jobs/grpo.py or ppo.py format).")
+    rl: list[str] = Field(default_factory=list, description="a.b=value overrides of the RL preset.")
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="EvaluationConfig settings.")
+
+
+def stage_configs(cfg: PipelineConfig) -> dict[str, FrozenConfig]:
+    """Every stage's validated config, wired output -> input."""
+    root = Path(cfg.output_dir)
+    data, adapters, router, rl = (root / name for name in ("persona_data", "adapters", "router", "rl"))
+    teacher = {"teacher": cfg.base_model}
+    return {
+        "persona_data": SynthesisConfig.model_validate({**teacher, **cfg.persona_data, "output_dir": str(data)}),
+        "adapters": AdapterSFTConfig.model_validate(
+            {"base_model": cfg.base_model, **cfg.adapters, "data_dir": str(data), "output_dir": str(adapters)}
+        ),
+        "router": RouterTrainingConfig.model_validate(
+            {**cfg.router, "init_from": str(adapters / "policy"), "output_dir": str(router)}
+        ),
+        "rl": load_config(
+            cfg.rl_config,
+            [
+                *cfg.rl,
+                f"policy.init_from={router / 'policy'}",
+                f"policy.base_model={cfg.base_model}",
+                f"run.output_dir={root}",
+                "run.name=rl",
+            ],
+        ),
+        "evaluation": EvaluationConfig.model_validate(
+            {**cfg.evaluation, "policy": str(rl / "policy"), "output_dir": str(root / "evaluation")}
+        ),
+    }
+
+
+def run_stage(name: str, stage_cfg: FrozenConfig) -> None:
+    if name == "persona_data":
+        write_persona_data(stage_cfg)
+    elif name == "adapters":
+        train_adapters(stage_cfg)
+    elif name == "router":
+        train_router(stage_cfg)
+    elif name == "rl":
+        from rlhf.trainer import fit
+
+        assert isinstance(stage_cfg, JobConfig)
+        fit(stage_cfg)
+    else:
+        run_evaluation(stage_cfg)
+
+
+def stage_done(name: str, stage_cfg: FrozenConfig) -> bool:
+    """A stage is done when its final output exists (stage folders appear atomically; RL writes policy/ last)."""
+    if name == "rl":
+        return (Path(stage_cfg.run.output_dir) / stage_cfg.run.name / "policy" / "persona_config.json").is_file()
+    return Path(stage_cfg.output_dir).is_dir()
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, dict]:
+    """Runs the missing stages in order; returns {stage: {"status": "ran" | "skipped", "seconds": ...}}."""
+    configs = stage_configs(cfg)
+    root = Path(cfg.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pipeline_config.json").write_text(cfg.model_dump_json(indent=2))
+    summary: dict[str, dict] = {}
+    for name in STAGES:
+        if stage_done(name, configs[name]):
+            summary[name] = {"status": "skipped"}
+            print(f"[pipeline] {name}: output exists, skipped", flush=True)
+            continue
+        print(f"[pipeline] {name}: running", flush=True)
+        start = time.perf_counter()
+        run_stage(name, configs[name])
+        summary[name] = {"status": "ran", "seconds": time.perf_counter() - start}
+    (root / "pipeline_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,33 @@
+"""jobs/evaluate.py's run on the tiny model: every section lands in report.json, report.md and the PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from policies.evaluation_job import EvaluationConfig, run_evaluation
+from tests.conftest import randomize_experts
+
+
+@pytest.mark.slow
+def test_report_has_every_section(tmp_path, tiny_policy) -> None:
+    randomize_experts(tiny_policy, std=0.2)
+    tiny_policy.save_pretrained(tmp_path / "policy")
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"scenario": "A friend is sad.", "question": "What helps?", "choices": ["listen", "mock"],
+                              "answer_index": 0}) + "\n")  # fmt: skip
+    cfg = EvaluationConfig(
+        policy=str(tmp_path / "policy"), output_dir=str(tmp_path / "eval"), multiple_choice=(str(mc),),
+        reasoning=(str(mc),), win_rate_reward="length", win_rate_options={"min_words": 1, "max_words": 5},
+        max_win_rate_prompts=3, max_new_tokens=6,
+    )  # fmt: skip
+    out = run_evaluation(cfg)
+    report = json.loads((out / "report.json").read_text())
+    for section in ("trait_directions", "multiple_choice", "reasoning", "win_rate", "safety", "routing"):
+        assert report.get(section), section
+    assert len(report["trait_directions"]) == 10 and 0.0 <= report["win_rate"]["win_rate"] <= 1.0
+    assert set(report["safety"]) == {"policy", "base"} and len(report["routing"]) == 7  # the 7 categories
+    markdown = (out / "report.md").read_text()
+    assert "Trait expression" in markdown and "routing_heatmap.png" in markdown
+    assert (out / "trait_directions.png").is_file() and (out / "routing_heatmap.png").is_file()

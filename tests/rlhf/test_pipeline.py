@@ -1,0 +1,52 @@
+"""The full pipeline on the tiny model: every stage runs once, writes its folder, and is skipped on a rerun."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf.pipeline import PipelineConfig, run_pipeline, stage_configs
+
+
+def _config(tmp_path, tiny_model_dir) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "output_dir": str(tmp_path / "pipe"),
+        "base_model": str(tiny_model_dir),
+        "persona_data": {"max_situations": 2, "think_tokens": 8, "reply_tokens": 10, "min_words": 1,
+                         "max_words": 500, "max_repeated_trigram_share": 1.0, "batch_size": 20},
+        "adapters": {"epochs": 1, "batch_size": 10, "max_tokens": 512},
+        "router": {"epochs": 5},
+        "rl_config": "configs/tiny_test.yaml",
+        "rl": ["run.steps=1", "rewards.components=[{name: length, weight: 1}]", "rewards.safety=[]"],
+        "evaluation": {"sections": ["traits", "win_rate", "routing"], "win_rate_reward": "length",
+                       "max_win_rate_prompts": 2, "max_new_tokens": 4},
+    })  # fmt: skip
+
+
+def test_every_stage_config_is_validated_up_front(tmp_path, tiny_model_dir) -> None:
+    configs = stage_configs(_config(tmp_path, tiny_model_dir))
+    assert list(configs) == ["persona_data", "adapters", "router", "rl", "evaluation"]
+    assert configs["router"].init_from.endswith("adapters/policy")
+    assert configs["rl"].policy.init_from.endswith("router/policy")
+    bad = _config(tmp_path, tiny_model_dir).model_copy(update={"adapters": {"epoch": 1}})
+    with pytest.raises(ValueError, match="epoch"):
+        stage_configs(bad)
+
+
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end_and_resumes(ray_local, tmp_path, tiny_model_dir) -> None:
+    cfg = _config(tmp_path, tiny_model_dir)
+    summary = run_pipeline(cfg)
+    assert [s["status"] for s in summary.values()] == ["ran"] * 5
+    root = tmp_path / "pipe"
+    outputs = (
+        "persona_data/manifest.json", "adapters/policy/persona_config.json", "router/router_report.json",
+        "rl/policy/persona_config.json", "evaluation/report.json", "evaluation/routing_heatmap.png",
+    )  # fmt: skip
+    for path in outputs:
+        assert (root / path).is_file(), path
+    report = json.loads((root / "evaluation/report.json").read_text())
+    assert len(report["trait_directions"]) == 10
+    again = run_pipeline(cfg)
+    assert [s["status"] for s in again.values()] == ["skipped"] * 5
