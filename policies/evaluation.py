@@ -7,7 +7,7 @@ Legend: B = items, E = experts, K = answer options.
   parsing). A trait's score is the mean over its items (reverse-keyed items count as 6 - x). Each expert alone is
   compared with the base: ``<trait>_high`` should raise its trait's score, ``<trait>_low`` lower it.
 * Multiple choice (generic JSONL: optional ``scenario``, ``question``, ``choices``, ``answer_index``): scored by
-  choice log-likelihood (mean log-prob per choice token) and by greedy generation + parsing of the option letter.
+  likelihood (the most probable option letter after the lettered question) and by greedy generation + parsing.
 * Win rate: replies of the policy (router) and of the base to held-out situations, scored by a reward component.
 * Safety: refusal rate on project-written harmful requests; over-refusal rate on benign emotional prompts.
 * Routing: mean expert weights per situation category.
@@ -171,20 +171,12 @@ def mc_prompt(item: MCItem) -> str:
 
 @torch.no_grad()
 def mc_loglik_choice(policy: PersonaFusePolicy, item: MCItem, weights: Tensor | None) -> int:
-    """argmax over choices of the mean log-prob of the choice text after the question (the answer's tokens only)."""
-    tok = policy.tokenizer
-    prefix = _chat_prefix(policy, mc_prompt(item), ANSWER_PREFIX)
-    prefix_ids = tok(prefix, add_special_tokens=False).input_ids
-    scores = []
-    for choice in item.choices:
-        choice_ids = tok(choice, add_special_tokens=False).input_ids
-        ids = torch.tensor([prefix_ids + choice_ids])
-        ctx = policy.adapters_disabled() if weights is None else policy.mixture(weights[None])
-        with ctx:
-            logits = policy.model(input_ids=ids, use_cache=False).logits[0, len(prefix_ids) - 1 : -1].float()
-        logprobs = logits.log_softmax(-1).gather(-1, torch.tensor(choice_ids)[:, None]).squeeze(-1)
-        scores.append(logprobs.mean().item())
-    return max(range(len(scores)), key=scores.__getitem__)
+    """argmax over the options of log p(option letter | question with lettered options, "Answer: "): one forward,
+    the letters' next-token log-probs compared (the usual multiple-choice likelihood scoring)."""
+    text = _chat_prefix(policy, mc_prompt(item), ANSWER_PREFIX)
+    letter_ids = [policy.tokenizer.encode(LETTERS[i], add_special_tokens=False)[-1] for i in range(len(item.choices))]
+    logits = next_token_logits(policy, [text], None if weights is None else weights.reshape(1, -1))[0]  # (V,)
+    return int(logits[letter_ids].argmax())
 
 
 def parse_choice(text: str, n: int) -> int | None:

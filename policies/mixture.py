@@ -5,7 +5,8 @@
 The experts are stored stacked (A: E x r x d_in, B: E x d_out x r) so the whole mixture costs two matmuls, the
 same as one LoRA of rank E*r: ``h = x A_stack^T`` (all experts at once), gate h by the weights, ``y_delta = h
 B_stack^T``. When per-sequence weights are sparse (top-k routing) only the k chosen experts are gathered, so the
-cost is that of a rank k*r LoRA (for sequences; single-token decode steps use the dense form, see below). ``naive_mixture_delta`` is the plain per-expert loop the fused paths must equal.
+cost is that of a rank k*r LoRA (for sequences; single-token decode steps use the dense form, see below).
+``naive_mixture_delta`` is the plain per-expert loop the fused paths must equal.
 """
 
 from __future__ import annotations
