@@ -8,27 +8,26 @@ before the first stage runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from pathlib import Path
 
-from rlhf.config import ConfigError, load_config
+from rlhf.cli import run_config_job
 from rlhf.pipeline import PipelineConfig, run_pipeline, stage_configs
 
 
+def run(cfg: PipelineConfig):
+    summary = run_pipeline(cfg)
+    print(json.dumps(summary), file=sys.stderr)
+    return Path(cfg.output_dir)
+
+
+def summary(out) -> dict:
+    return json.loads((out / "pipeline_summary.json").read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML preset, e.g. configs/pipeline_smollm2_cpu.yaml")
-    parser.add_argument("overrides", nargs="*", help="key.path=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides, schema=PipelineConfig)
-        stage_configs(cfg)  # every stage validated before anything runs
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(run_pipeline(cfg)))
-    return 0
+    return run_config_job(PipelineConfig, run, summary, __doc__, argv, validate=stage_configs)
 
 
 if __name__ == "__main__":

@@ -8,28 +8,20 @@ every filter reason per expert).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from policies.persona_synthesis import SynthesisConfig, write_persona_data
-from rlhf.config import ConfigError, load_config
+from rlhf.cli import run_config_job
+
+
+def summary(out) -> dict:
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    return {"kept": {expert: c["kept"] for expert, c in counts.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML preset")
-    parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. max_situations=20")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides, schema=SynthesisConfig)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = write_persona_data(cfg)
-    counts = json.loads((out / "manifest.json").read_text())["counts"]
-    print(json.dumps({"output_dir": str(out), "kept": {e: c["kept"] for e, c in counts.items()}}))
-    return 0
+    return run_config_job(SynthesisConfig, write_persona_data, summary, __doc__, argv)
 
 
 if __name__ == "__main__":

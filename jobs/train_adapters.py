@@ -8,28 +8,19 @@ per expert, alone vs the base).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from policies.adapter_sft import AdapterSFTConfig, train_adapters
-from rlhf.config import ConfigError, load_config
+from rlhf.cli import run_config_job
+
+
+def summary(out) -> dict:
+    return {"heldout_after": json.loads((out / "sft_report.json").read_text())["heldout_after"]}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML preset")
-    parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. epochs=1")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides, schema=AdapterSFTConfig)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = train_adapters(cfg)
-    report = json.loads((out / "sft_report.json").read_text())
-    print(json.dumps({"output_dir": str(out), "heldout_after": report["heldout_after"]}))
-    return 0
+    return run_config_job(AdapterSFTConfig, train_adapters, summary, __doc__, argv)
 
 
 if __name__ == "__main__":

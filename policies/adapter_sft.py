@@ -116,9 +116,9 @@ def reply_nll(policy: PersonaFusePolicy, batch: dict[str, Tensor], weights: Tens
 
 
 def fresh_policy(cfg: AdapterSFTConfig) -> PersonaFusePolicy:
-    from policies.embedded import embedded_model_dir
+    from policies.embedded import resolve_model_dir
 
-    base = str(embedded_model_dir()) if cfg.base_model == "embedded" else cfg.base_model
+    base = resolve_model_dir(cfg.base_model)
     torch.manual_seed(cfg.seed)
     return PersonaFusePolicy.from_base(
         PersonaConfig(base_model=base, experts=cfg.experts, rank=cfg.rank, alpha=cfg.alpha)

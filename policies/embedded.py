@@ -22,6 +22,11 @@ def personafuse_home() -> Path:
     return Path(os.environ.get("PERSONAFUSE_HOME", Path.home() / ".cache" / "personafuse"))
 
 
+def resolve_model_dir(name: str) -> str:
+    """A model folder: "embedded" means the packaged SmolLM2 (converted on first use); anything else is a path."""
+    return str(embedded_model_dir()) if name == "embedded" else name
+
+
 def embedded_model_dir() -> Path:
     """The safetensors folder of the embedded model, converting it from the GGUF on first use."""
     target = personafuse_home() / "models" / MODEL_NAME

@@ -166,9 +166,9 @@ def synthesize(cfg: SynthesisConfig, teacher: HFTeacher) -> tuple[list[Sample], 
 
 def write_persona_data(cfg: SynthesisConfig) -> Path:
     """Runs the synthesis and writes <output_dir>/<expert>.jsonl + manifest.json atomically."""
-    from policies.embedded import embedded_model_dir
+    from policies.embedded import resolve_model_dir
 
-    folder = str(embedded_model_dir()) if cfg.teacher == "embedded" else cfg.teacher
+    folder = resolve_model_dir(cfg.teacher)
     teacher = HFTeacher(folder, cfg.seed)
     start = time.perf_counter()
     samples, counts = synthesize(cfg, teacher)

@@ -118,9 +118,9 @@ def cached_features(policy: PersonaFusePolicy, situations: list[Situation], max_
 
 
 def fresh_policy(cfg: RouterTrainingConfig) -> PersonaFusePolicy:
-    from policies.embedded import embedded_model_dir
+    from policies.embedded import resolve_model_dir
 
-    base = str(embedded_model_dir()) if cfg.base_model == "embedded" else cfg.base_model
+    base = resolve_model_dir(cfg.base_model)
     torch.manual_seed(cfg.seed)
     return PersonaFusePolicy.from_base(PersonaConfig(base_model=base, router=cfg.router))
 

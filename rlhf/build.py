@@ -6,14 +6,14 @@ import torch
 from torch import Tensor
 
 from policies.config import PersonaConfig
-from policies.embedded import embedded_model_dir
+from policies.embedded import resolve_model_dir
 from policies.policy import PersonaFusePolicy
-from rlhf.config import EMBEDDED, JobConfig
+from rlhf.config import JobConfig
 from rlhf.prompts import PromptRecord
 
 
 def base_model_dir(cfg: JobConfig) -> str:
-    return str(embedded_model_dir()) if cfg.policy.base_model == EMBEDDED else cfg.policy.base_model
+    return resolve_model_dir(cfg.policy.base_model)
 
 
 def build_policy(cfg: JobConfig) -> PersonaFusePolicy:
