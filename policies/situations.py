@@ -8,7 +8,6 @@ the file and line.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,20 +70,14 @@ def _parse(row: object, where: str) -> Situation:
 
 
 def load_situations(path: str | Path = "builtin", split: str | None = None) -> list[Situation]:
-    """Every situation of a JSONL file ("builtin" = the shipped set), optionally one split only."""
+    """Every situation of a .jsonl / .parquet file or save_to_disk folder ("builtin" = the shipped set), optionally
+    one split only."""
     path = BUILTIN_SITUATIONS if str(path) == "builtin" else Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"situation file not found: {path}")
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}: line {lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SituationDataError(f"{where}: invalid JSON ({exc.msg})") from None
-        rows.append(_parse(row, where))
+    from rlhf.prompts import read_rows  # the project's one row reader: jsonl, parquet, save_to_disk
+
+    rows = [_parse(row, where) for row, where, _ in read_rows(path)]
     ids = [s.id for s in rows]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
