@@ -52,8 +52,18 @@ def make_routing(weights: Tensor, num_experts: int) -> Routing:
     return Routing(weights, indices, topk_weights)
 
 
-def fused_mixture_delta(x: Tensor, lora_A: Tensor, lora_B: Tensor, routing: Routing, scaling: float) -> Tensor:
-    """s * sum_e w_e B_e A_e x with two (batched) matmuls. x (B, T, d_in) -> (B, T, d_out)."""
+def stacked_b(lora_B: Tensor) -> Tensor:
+    """The experts' B matrices side by side, (E, d_out, r) -> (d_out, E*r): the dense form's second matmul."""
+    num_experts, d_out, rank = lora_B.shape
+    return lora_B.permute(1, 0, 2).reshape(d_out, num_experts * rank)
+
+
+def fused_mixture_delta(
+    x: Tensor, lora_A: Tensor, lora_B: Tensor, routing: Routing, scaling: float, b_stacked: Tensor | None = None
+) -> Tensor:
+    """s * sum_e w_e B_e A_e x with two (batched) matmuls. x (B, T, d_in) -> (B, T, d_out).
+    ``b_stacked`` = ``stacked_b(lora_B)`` when the caller has it cached (decoding: one copy per generate, not per
+    token)."""
     batch, seq, d_in = x.shape
     num_experts, rank, _ = lora_A.shape
     d_out = lora_B.shape[1]
@@ -70,10 +80,12 @@ def fused_mixture_delta(x: Tensor, lora_A: Tensor, lora_B: Tensor, routing: Rout
     gate = weights[:, None, :, None] if weights.dim() == 2 else weights[..., None]  # (B, 1|T, E, 1)
     h = F.linear(x, lora_A.reshape(num_experts * rank, d_in)).view(batch, seq, num_experts, rank)
     h = (h * (scaling * gate)).reshape(batch, seq, num_experts * rank)  # (B, T, E*r)
-    return F.linear(h, lora_B.permute(1, 0, 2).reshape(d_out, num_experts * rank))
+    return F.linear(h, stacked_b(lora_B) if b_stacked is None else b_stacked)
 
 
-def naive_mixture_delta(x: Tensor, lora_A: Tensor, lora_B: Tensor, routing: Routing, scaling: float) -> Tensor:
+def naive_mixture_delta(
+    x: Tensor, lora_A: Tensor, lora_B: Tensor, routing: Routing, scaling: float, b_stacked: Tensor | None = None
+) -> Tensor:
     """The reference: one LoRA pass per expert, summed. Same signature and result as the fused version."""
     weights = routing.weights.to(x.dtype)
     out = torch.zeros(*x.shape[:-1], lora_B.shape[1], dtype=x.dtype, device=x.device)
@@ -93,7 +105,7 @@ class RoutingSlot:
 class LoRAMixtureLinear(nn.Module):
     """Wraps a frozen nn.Linear with E stacked LoRA experts; B starts at zero so a fresh mixture is the base."""
 
-    delta_fn: Callable[[Tensor, Tensor, Tensor, Routing, float], Tensor] = staticmethod(fused_mixture_delta)
+    delta_fn: Callable[..., Tensor] = staticmethod(fused_mixture_delta)
 
     def __init__(self, base: nn.Linear, num_experts: int, rank: int, scaling: float, slot: RoutingSlot):
         super().__init__()
@@ -106,6 +118,17 @@ class LoRAMixtureLinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(num_experts, base.out_features, rank, dtype=dtype, device=device))
         for a in self.lora_A.data:  # the same init as nn.Linear and PEFT's LoRA A
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self._b_cache: tuple[tuple[int, int], Tensor] | None = None
+
+    def _b_stacked_for_inference(self) -> Tensor | None:
+        """``stacked_b(lora_B)`` computed once per weight version when no gradient is taken (sampling); the key
+        is B's in-place version counter and storage, so an optimizer step or a weight load refreshes it."""
+        if torch.is_grad_enabled():
+            return None
+        key = (self.lora_B._version, self.lora_B.data_ptr())
+        if self._b_cache is None or self._b_cache[0] != key:
+            self._b_cache = (key, stacked_b(self.lora_B.detach()))
+        return self._b_cache[1]
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
@@ -121,7 +144,8 @@ class LoRAMixtureLinear(nn.Module):
             raise ValueError(
                 f"per-token routing weights cover {routing.weights.shape[1]} tokens, the input has {x.shape[1]}"
             )
-        delta = self.delta_fn(x.to(self.lora_A.dtype), self.lora_A, self.lora_B, routing, self.scaling)
+        b_stacked = self._b_stacked_for_inference() if x.shape[1] == 1 else None  # decode steps only
+        delta = self.delta_fn(x.to(self.lora_A.dtype), self.lora_A, self.lora_B, routing, self.scaling, b_stacked)
         return out + delta.to(out.dtype)
 
     def extra_repr(self) -> str:

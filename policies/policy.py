@@ -51,6 +51,15 @@ def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
     return logits.gather(-1, tokens[..., None]).squeeze(-1) - logits.logsumexp(-1)
 
 
+def bf16_autocast(enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed precision: matmuls in bf16 under torch.autocast, weights, gradients and optimizer state as they are.
+    Measured on a 2-core avx512_bf16 CPU (SmolLM2 + 10-expert mixture, 8 x 118 tokens): forward + backward 1.7x
+    and forward 2x faster than fp32. ``response_outputs`` keeps the LM head in fp32 either way."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+
+
 class PersonaFusePolicy(nn.Module):
     def __init__(self, model: PreTrainedModel, tokenizer, config: PersonaConfig):
         super().__init__()
@@ -181,17 +190,19 @@ class PersonaFusePolicy(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """(logits / temperature (B, T, V), final hidden states (B, T, H) or None) at the positions that predict
         the last ``response_len`` tokens: position t is the state before response token t (the critic's s_t)."""
-        out = self.model(
+        out = self.model.get_decoder()(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids_for(attention_mask),
-            logits_to_keep=response_len + 1,
-            output_hidden_states=with_hidden,
             use_cache=False,
         )
-        logits = out.logits[:, :-1].float() / temperature  # position t predicts response token t
-        hidden = out.hidden_states[-1][:, -(response_len + 1) : -1] if with_hidden else None
-        return logits, hidden
+        hidden = out.last_hidden_state[:, -(response_len + 1) : -1]  # position t predicts response token t
+        head = self.model.get_output_embeddings()
+        # The head runs outside any bf16 autocast: bf16 logits (~3 digits) would put ~0.05 of noise on every
+        # log-prob, hence on the ratios and the KL; it is one matmul on the response positions only.
+        with torch.autocast(hidden.device.type, enabled=False):
+            logits = head(hidden.to(head.weight.dtype)).float() / temperature
+        return logits, (hidden if with_hidden else None)
 
     # ---- generation -------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -61,6 +61,9 @@ class RolloutConfig(FrozenConfig):
     gpus_per_actor: float = Field(0, ge=0, description="GPUs Ray reserves per rollout actor.")
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM's memory share.")
     vllm_kv_cache_gib: int = Field(1, ge=1, description="vLLM-CPU KV cache size in GiB (CPU hosts only).")
+    dtype: Literal["fp32", "bf16"] = Field(
+        "bf16", description="Sampling precision: vLLM's model dtype; for hf, bf16 autocast around generate."
+    )
     sync_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="Precision of the expert tensors sent to rollouts each step (bf16 halves the bytes)."
     )
@@ -108,7 +111,11 @@ class LearnerConfig(FrozenConfig):
     cpus_per_learner: float = Field(1, gt=0, description="CPUs Ray reserves per learner.")
     gpus_per_learner: float = Field(0, ge=0, description="GPUs Ray reserves per learner.")
     zero_stage: int = Field(2, ge=0, le=2, description="DeepSpeed ZeRO stage (0-2).")
-    dtype: Literal["fp32", "bf16"] = Field("fp32", description="Training precision.")
+    dtype: Literal["fp32", "bf16", "bf16-mixed"] = Field(
+        "fp32",
+        description="Training precision: fp32; bf16 (DeepSpeed bf16 weights and grads); bf16-mixed (fp32 weights, "
+        "grads and optimizer, bf16 autocast matmuls: ~1.7x faster on CPUs with avx512_bf16 and on GPUs).",
+    )
     offload_optimizer: bool = Field(False, description="ZeRO optimizer-state offload to CPU.")
     lr: float = Field(1e-4, gt=0, description="Learning rate of the experts.")
     router_lr: float = Field(1e-4, gt=0, description="Learning rate of the router.")

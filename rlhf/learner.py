@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from policies.export import load_policy_weights
-from policies.policy import token_logprobs
+from policies.policy import bf16_autocast, token_logprobs
 from rlhf import learner_state
 from rlhf.aggregation import aggregate
 from rlhf.batch import RolloutBatch
@@ -104,6 +104,7 @@ class Learner:
         self.version = 0
         self.rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self.kl_estimator = get_kl_estimator(cfg.algorithm.kl.estimator)
+        self.mixed_bf16 = cfg.learner.dtype == "bf16-mixed"
 
     def micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
         size = self.cfg.learner.micro_batch_size
@@ -119,7 +120,7 @@ class Learner:
         for mb in self.micro_batches(batch):
             if self.cfg.algorithm.needs_old_logprobs:
                 weights = self.policy.route(mb.prompt_ids, mb.prompt_mask).weights
-                with self.policy.mixture(weights):
+                with self.policy.mixture(weights), bf16_autocast(self.mixed_bf16):
                     logits, hidden = self.policy.response_outputs(
                         mb.input_ids,
                         mb.attention_mask,
@@ -129,10 +130,11 @@ class Learner:
                     )
                 columns["old_logprobs"].append(token_logprobs(logits, mb.response_ids))
                 if self.critic is not None:
-                    columns["values"].append(self.critic(hidden))
-            columns["ref_logprobs"].append(
-                self.policy.ref_logprobs(mb.input_ids, mb.attention_mask, mb.response_len, temperature)
-            )
+                    columns["values"].append(self.critic(hidden.float()))
+            with bf16_autocast(self.mixed_bf16):
+                columns["ref_logprobs"].append(
+                    self.policy.ref_logprobs(mb.input_ids, mb.attention_mask, mb.response_len, temperature)
+                )
         return {key: torch.cat(parts) * batch.response_mask for key, parts in columns.items() if parts}
 
     def update(self, shard: RolloutBatch, counts: list[MinibatchCounts]) -> dict[str, float]:
@@ -162,8 +164,8 @@ class Learner:
 
     def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, float]:
         algo, mask = self.cfg.algorithm, mb.response_mask
-        routed = self.policy.route(mb.prompt_ids, mb.prompt_mask)
-        with self.policy.mixture(routed.weights):
+        routed = self.policy.route(mb.prompt_ids, mb.prompt_mask)  # fp32, as in rollouts: same top-k choices
+        with self.policy.mixture(routed.weights), bf16_autocast(self.mixed_bf16):
             logits, hidden = self.policy.response_outputs(
                 mb.input_ids, mb.attention_mask, mb.response_len, self.cfg.rollout.temperature,
                 with_hidden=self.critic is not None,
@@ -182,7 +184,7 @@ class Learner:
             per_token = per_token - algo.entropy_coef * entropy
         critic_metrics: dict[str, float] = {}
         if self.critic is not None:
-            values = self.critic(hidden)  # (b, T)
+            values = self.critic(hidden.float())  # (b, T)
             value_per_token, vf = value_loss(values, mb.values, mb.returns, mask, algo.value_clip)
             per_token = per_token + algo.vf_coef * value_per_token
             critic_metrics = {

