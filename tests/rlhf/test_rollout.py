@@ -17,13 +17,20 @@ def test_response_mask_until_eos() -> None:
     assert response_mask_until_eos(ids, 2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
 
 
+def make_worker(model_dir, dtype: str = "fp32") -> RolloutWorker:
+    overrides = [f"policy.base_model={model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=6"]
+    return RolloutWorker(load_config(None, [*overrides, f"rollout.dtype={dtype}"]))
+
+
 @pytest.fixture()
 def worker(tiny_model_dir) -> RolloutWorker:
-    cfg = load_config(None, [f"policy.base_model={tiny_model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=6"])
-    return RolloutWorker(cfg)
+    return make_worker(tiny_model_dir)
 
 
-def test_generate_and_logprobs_match_the_policy(worker) -> None:
+@pytest.mark.parametrize(("dtype", "tol"), [("fp32", 1e-4), ("bf16", 0.1)])
+def test_generate_and_logprobs_match_the_policy(tiny_model_dir, dtype: str, tol: float) -> None:
+    """fp32 sampling log-probs equal the learner's; bf16 (autocast) ones differ only by rounding."""
+    worker = make_worker(tiny_model_dir, dtype)
     randomize_experts(worker.policy, std=0.2)
     records = load_prompts("builtin")[:2]
     batch = worker.generate(records, group_offset=10, version=0, seed=1)
@@ -31,7 +38,8 @@ def test_generate_and_logprobs_match_the_policy(worker) -> None:
     assert len(batch.completions) == 8 and batch.categories[0] == records[0].category
     assert ((batch.routing_weights > 0).sum(-1) == 2).all()  # top-2 routing
     relogged = worker.policy.logprobs(batch.input_ids, batch.attention_mask, 6, batch.routing_weights)
-    torch.testing.assert_close(relogged * batch.response_mask, batch.rollout_logprobs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(relogged * batch.response_mask, batch.rollout_logprobs, atol=tol, rtol=0)
+    assert (dtype == "fp32") == torch.allclose(relogged * batch.response_mask, batch.rollout_logprobs, atol=1e-4)
 
 
 def test_stale_weights_are_refused(worker) -> None:
