@@ -13,29 +13,37 @@ from rlhf.rollout import RolloutWorker
 from tests.conftest import randomize_experts
 
 
+def sample_batch(overrides: list[str]):
+    """A fixed 2-prompt x 4-sample batch from an HF rollout with randomised experts, with made-up rewards."""
+    worker = RolloutWorker(load_config(None, overrides))
+    randomize_experts(worker.policy, std=0.2)
+    batch = worker.generate(load_prompts("builtin")[:2], 0, 0, seed=0)
+    batch.rewards = torch.tensor([1.0, 0.2, -0.5, 0.3, 0.0, 1.0, 0.5, -1.0])
+    return batch
+
+
+def one_step(cfg, batch):
+    """Score, advantages and one update on fresh learner actors; returns (metrics, scored batch, new adapters)."""
+    actors = create_actors(cfg)
+    b = batch.select(slice(None))
+    stages.score(actors, b)
+    stages.compute_advantages(b, cfg.algorithm)
+    metrics = stages.update(actors, b, cfg)
+    state = ray.get(actors.learners[0].adapter_state.remote())
+    release(actors)
+    return metrics, b, state
+
+
 def test_one_and_two_learners_agree(ray_local, tiny_model_dir) -> None:
     overrides = [
         f"policy.base_model={tiny_model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=6",
         "data.prompts_per_step=2", "learner.micro_batch_size=2", "learner.lr=0.05", "algorithm.ppo_epochs=2",
         "algorithm.kl.coef=0.1", "learner.cpus_per_learner=1", "rollout.cpus_per_actor=1",
     ]  # fmt: skip
-    cfg1 = load_config(None, overrides)
-    worker = RolloutWorker(cfg1)
-    randomize_experts(worker.policy, std=0.2)
-    batch = worker.generate(load_prompts("builtin")[:2], 0, 0, seed=0)
-    batch.rewards = torch.tensor([1.0, 0.2, -0.5, 0.3, 0.0, 1.0, 0.5, -1.0])
-    results = []
-    for learners in (1, 2):
-        cfg = load_config(None, [*overrides, f"learner.num_learners={learners}"])
-        actors = create_actors(cfg)
-        b = batch.select(slice(None))
-        stages.score(actors, b)
-        stages.compute_advantages(b, cfg.algorithm)
-        metrics = stages.update(actors, b, cfg)
-        state = ray.get(actors.learners[0].adapter_state.remote())
-        results.append((metrics, state))
-        release(actors)
-    (m1, s1), (m2, s2) = results
+    batch = sample_batch(overrides)
+    (m1, _, s1), (m2, _, s2) = (
+        one_step(load_config(None, [*overrides, f"learner.num_learners={n}"]), batch) for n in (1, 2)
+    )
     assert abs(m1["loss"] - m2["loss"]) < 1e-5 and m1["loss"] != 0.0
     router1, router2 = s1.router["mlp.2.weight"], s2.router["mlp.2.weight"]
     torch.testing.assert_close(router2, router1, atol=1e-5, rtol=1e-4)
@@ -52,21 +60,11 @@ def test_bf16_mixed_learner_tracks_fp32(ray_local, tiny_model_dir) -> None:
         "data.prompts_per_step=2", "learner.micro_batch_size=4", "learner.lr=0.05", "algorithm.kl.coef=0.1",
         "learner.cpus_per_learner=1", "rollout.cpus_per_actor=1",
     ]  # fmt: skip
-    worker = RolloutWorker(load_config(None, overrides))
-    randomize_experts(worker.policy, std=0.2)
-    batch = worker.generate(load_prompts("builtin")[:2], 0, 0, seed=0)
-    batch.rewards = torch.tensor([1.0, 0.2, -0.5, 0.3, 0.0, 1.0, 0.5, -1.0])
-    results = {}
-    for dtype in ("fp32", "bf16-mixed"):
-        cfg = load_config(None, [*overrides, f"learner.dtype={dtype}"])
-        actors = create_actors(cfg)
-        b = batch.select(slice(None))
-        stages.score(actors, b)
-        stages.compute_advantages(b, cfg.algorithm)
-        metrics = stages.update(actors, b, cfg)
-        results[dtype] = (metrics, b.ref_logprobs, ray.get(actors.learners[0].adapter_state.remote()))
-        release(actors)
-    (m32, ref32, _), (m16, ref16, s16) = results["fp32"], results["bf16-mixed"]
+    batch = sample_batch(overrides)
+    (m32, b32, _), (m16, b16, s16) = (
+        one_step(load_config(None, [*overrides, f"learner.dtype={d}"]), batch) for d in ("fp32", "bf16-mixed")
+    )
+    ref32, ref16 = b32.ref_logprobs, b16.ref_logprobs
     assert not torch.equal(ref16, ref32)  # autocast really ran in bf16
     torch.testing.assert_close(ref16, ref32, atol=0.05, rtol=0)
     assert abs(m16["loss"] - m32["loss"]) < 0.05 * abs(m32["loss"]) + 1e-3 and abs(m16["kl"] - m32["kl"]) < 1e-2
