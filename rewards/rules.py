@@ -232,30 +232,59 @@ class Engagement:
         return scores
 
 
+def repeated_phrases(words: list[str], n: int) -> int:
+    """How many times a phrase of >= n words repeats one said earlier in the reply (without overlapping it).
+
+    A run of consecutive repeating n-grams is one repeated phrase, so a repeated 9-word sentence counts once.
+
+    >>> repeated_phrases("im so sorry to hear that it hurts im so sorry to hear that".split(), 5)
+    1
+    """
+    first_seen: dict[tuple[str, ...], int] = {}
+    count, in_run = 0, False
+    for i in range(len(words) - n + 1):
+        start = first_seen.setdefault(tuple(words[i : i + n]), i)
+        repeat = start + n <= i
+        count += repeat and not in_run
+        in_run = repeat
+    return count
+
+
 @register_reward("repetition")
 @dataclass(frozen=True)
 class Repetition:
-    """Heuristic penalty for degenerate repetition: the share of word n-grams that repeat an earlier one, in [0, 1].
+    """Heuristic penalty for repetition, in [0, 1]: loops inside a reply and repeated phrases.
 
-    ``1 - distinct_ngrams / ngrams`` over normalised words; 0 for replies shorter than n words. A penalty: give it a
-    negative weight. Small models fall into loops ("I'm here I'm here ..."), which this catches.
+        score = min(1, (1 - distinct_ngrams / ngrams) + per_phrase * repeated_phrases)
+
+    over normalised words; the n-gram share is 0 for replies shorter than n words, and ``repeated_phrases`` counts
+    phrases of >= ``phrase_words`` words said again later in the reply. A penalty: give it a negative weight. Small
+    models fall into loops ("I'm here I'm here ..."), which the share catches; a reply that says "I'm so sorry to
+    hear that" twice shares few n-grams with itself, so each repeated phrase also costs ``per_phrase``.
 
     >>> Repetition()(prompts=["x", "x"], completions=["I'm here I'm here I'm here I'm here", "I am here for you."])
     [0.6666666666666667, 0.0]
     """
 
     n: int = 3  # n-gram length in words
+    phrase_words: int = 5  # a repeated phrase is at least this many words
+    per_phrase: float = 0.25  # 0 turns the phrase charge off
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.phrase_words < 2:
+            raise ValueError(f"phrase_words must be >= 2, got {self.phrase_words}")
+        if not 0.0 <= self.per_phrase <= 1.0:
+            raise ValueError(f"per_phrase must be in [0, 1], got {self.per_phrase}")
 
     def __call__(self, prompts: list[str], completions: list[str], **metadata: Any) -> list[float]:
         scores = []
         for c in completions:
             words = normalize(c).split()
             ngrams = [tuple(words[i : i + self.n]) for i in range(len(words) - self.n + 1)]
-            scores.append(1.0 - len(set(ngrams)) / len(ngrams) if ngrams else 0.0)
+            share = 1.0 - len(set(ngrams)) / len(ngrams) if ngrams else 0.0
+            scores.append(min(1.0, share + self.per_phrase * repeated_phrases(words, self.phrase_words)))
         return scores
 
 

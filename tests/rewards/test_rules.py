@@ -78,6 +78,21 @@ def test_repetition_catches_loops() -> None:
     assert score(Repetition(n=1), "no no no no") == 0.75
     with pytest.raises(ValueError, match="n must be >= 1"):
         Repetition(n=0)
+    with pytest.raises(ValueError, match="per_phrase must be in"):
+        Repetition(per_phrase=1.5)
+
+
+def test_repetition_charges_a_repeated_sentence() -> None:
+    once = "I'm so sorry to hear that. Losing a pet after fourteen years is losing family, and the house feels empty."
+    twice = once + " I'm so sorry to hear that."
+    share_only = score(Repetition(per_phrase=0.0), twice)
+    assert share_only < 0.2  # the 3-gram share alone barely notices one repeated sentence
+    assert score(Repetition(), twice) == pytest.approx(share_only + 0.25)
+    assert score(Repetition(), once) == 0.0
+    # A phrase repeated inside another sentence counts too; a 5-word run overlapping itself does not.
+    assert score(Repetition(), "You did your best for him. I know you did your best for him, truly.") >= 0.25
+    assert score(Repetition(n=5), "ha ha ha ha ha ha ha") == pytest.approx(1 - 1 / 3)
+    assert score(Repetition(), " ".join(["I'm here for you."] * 8)) == 1.0  # capped
 
 
 def test_length_band_and_smooth_edges() -> None:
