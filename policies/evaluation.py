@@ -8,6 +8,9 @@ Legend: B = items, E = experts, K = answer options.
   compared with the base: ``<trait>_high`` should raise its trait's score, ``<trait>_low`` lower it.
 * Multiple choice (generic JSONL: optional ``scenario``, ``question``, ``choices``, ``answer_index``): scored by
   likelihood (the most probable option letter after the lettered question) and by greedy generation + parsing.
+* Short answer (JSONL: optional ``scenario``, ``question``, ``answer``: a string or a list of accepted strings), for
+  reasoning retention: greedy generation; a numeric answer must equal the reply's last number, a text answer must
+  appear in the reply as whole words (both after lower-casing and dropping punctuation).
 * Win rate: replies of the policy (router) and of the base to held-out situations, scored by a reward component.
 * Safety: refusal rate on project-written harmful requests; over-refusal rate on benign emotional prompts.
 * Routing: mean expert weights per situation category.
@@ -158,6 +161,74 @@ def load_mc(path: str | Path) -> list[MCItem]:
     if not items:
         raise ValueError(f"{path}: no items")
     return items
+
+
+@dataclass(frozen=True)
+class ShortAnswerItem:
+    question: str
+    answers: tuple[str, ...]  # any of these is right
+    scenario: str | None = None
+
+
+def load_short_answer(path: str | Path) -> list[ShortAnswerItem]:
+    """Short-answer JSONL; a malformed row is an error naming the file and line."""
+    items = []
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        answer = row.get("answer")
+        answers = [answer] if isinstance(answer, (str, int, float)) and not isinstance(answer, bool) else answer
+        if (
+            not isinstance(row.get("question"), str)
+            or not isinstance(answers, list)
+            or not answers
+            or not all(isinstance(a, (str, int, float)) and _normalise(str(a)) for a in answers)
+        ):
+            raise ValueError(
+                f"{path}: line {lineno}: needs a 'question' string and an 'answer' (a non-empty string or number, "
+                "or a list of them)"
+            )
+        items.append(ShortAnswerItem(row["question"], tuple(str(a) for a in answers), row.get("scenario")))
+    if not items:
+        raise ValueError(f"{path}: no items")
+    return items
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def short_answer_correct(reply: str, answers: tuple[str, ...]) -> bool:
+    """A numeric answer equals the reply's last number (commas in numbers ignored); a text answer appears in the
+    reply as whole words, case and punctuation aside."""
+    numbers = _NUMBER.findall(reply.replace(",", ""))
+    for answer in answers:
+        if _NUMBER.fullmatch(answer.strip().replace(",", "")):
+            if numbers and float(numbers[-1]) == float(answer.strip().replace(",", "")):
+                return True
+        elif f" {_normalise(answer)} " in f" {_normalise(reply)} ":
+            return True
+    return False
+
+
+def evaluate_short_answer(
+    policy: PersonaFusePolicy, items: list[ShortAnswerItem], persona: str | None, max_new_tokens: int
+) -> dict[str, float]:
+    """Accuracy of greedy replies for the policy ("auto" routing) or the base (None)."""
+    chats = [[{"role": "user", "content": "\n\n".join(filter(None, (i.scenario, i.question)))}] for i in items]
+    weights = torch.zeros(len(policy.experts)) if persona is None else persona  # zero weights: exactly the base
+    replies = policy.generate(chats, persona=weights, max_new_tokens=max_new_tokens)
+    right = sum(short_answer_correct(r.text, i.answers) for r, i in zip(replies, items, strict=True))
+    return {"items": len(items), "accuracy": right / len(items)}
+
+
+def is_short_answer_file(path: str | Path) -> bool:
+    """Whether a reasoning file is short answer (its first row has ``answer`` and no ``choices``) or MC."""
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            return "answer" in row and "choices" not in row
+    return False
 
 
 LETTERS = "ABCDEFGHIJ"

@@ -12,8 +12,12 @@ from pydantic import Field
 from policies.atomic_io import atomic_dir
 from policies.config import FrozenConfig
 from policies.evaluation import (
+    ShortAnswerItem,
     evaluate_mc,
+    evaluate_short_answer,
+    is_short_answer_file,
     load_mc,
+    load_short_answer,
     plot_routing,
     report_markdown,
     routing_by_category,
@@ -30,7 +34,9 @@ class EvaluationConfig(FrozenConfig):
     base_model: str | None = Field(None, description="Override the base folder recorded in the policy.")
     output_dir: str = Field(description="report.json, report.md and PNGs, written atomically.")
     multiple_choice: tuple[str, ...] = Field((), description="Generic MC JSONL files (EmoBench-style data you have).")
-    reasoning: tuple[str, ...] = Field((), description="MC JSONL files that measure reasoning retention.")
+    reasoning: tuple[str, ...] = Field(
+        (), description="Reasoning-retention files: MC JSONL, or short-answer JSONL (question, answer)."
+    )
     win_rate_reward: str = Field("reward_model", description="Registered reward component judging the win rate.")
     win_rate_options: dict[str, Any] = Field(default_factory=dict, description="Its options (default: embedded).")
     situations: str = Field("builtin", description="Situations for routing and win rate (held-out split).")
@@ -59,10 +65,32 @@ def _plot_traits(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _load_files(cfg: EvaluationConfig) -> dict[str, dict[str, list]]:
+    """Every MC / short-answer file, read and checked before any model work (errors name file and line)."""
+    loaded: dict[str, dict[str, list]] = {}
+    for section in ("multiple_choice", "reasoning"):
+        if section in cfg.sections:
+            short = section == "reasoning"  # short answers measure reasoning; the MC section is MC only
+            loaded[section] = {
+                f: load_short_answer(f) if short and is_short_answer_file(f) else load_mc(f)
+                for f in getattr(cfg, section)
+            }
+    return loaded
+
+
+def _score_items(policy: PersonaFusePolicy, items: list, cfg: EvaluationConfig) -> dict[str, dict]:
+    """Policy ("auto" routing) and base on one file's items."""
+    if isinstance(items[0], ShortAnswerItem):
+        return {who: evaluate_short_answer(policy, items, persona, cfg.max_new_tokens)
+                for who, persona in (("policy", "auto"), ("base", None))}  # fmt: skip
+    return {"policy": evaluate_mc(policy, items, "auto"), "base": evaluate_mc(policy, items, None)}
+
+
 def run_evaluation(cfg: EvaluationConfig) -> Path:
     import rewards.compose  # noqa: F401  (registers the reward components)
     from rewards.base import get_reward
 
+    files = _load_files(cfg)
     policy = PersonaFusePolicy.from_pretrained(cfg.policy, base_model=cfg.base_model).eval()
     held = load_situations(cfg.situations, "heldout")
     report: dict[str, Any] = {"policy": cfg.policy, "experts": list(policy.experts)}
@@ -76,12 +104,11 @@ def run_evaluation(cfg: EvaluationConfig) -> Path:
 
     if "traits" in cfg.sections:
         report["trait_directions"] = timed("traits", lambda: trait_direction_table(policy))
-    for section in ("multiple_choice", "reasoning"):
-        files = getattr(cfg, section)
-        if section in cfg.sections and files:
+    for section, items_by_file in files.items():
+        if items_by_file:
             report[section] = {
-                f: {"policy": evaluate_mc(policy, load_mc(f), "auto"), "base": evaluate_mc(policy, load_mc(f), None)}
-                for f in files
+                f: timed(f"{section}:{f}", lambda items=items: _score_items(policy, items, cfg))
+                for f, items in items_by_file.items()
             }
     if "win_rate" in cfg.sections:
         options = cfg.win_rate_options or ({"path": "embedded-social"} if cfg.win_rate_reward == "reward_model" else {})

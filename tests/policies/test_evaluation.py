@@ -10,11 +10,16 @@ import torch
 from policies.evaluation import (
     PROBES,
     MCItem,
+    ShortAnswerItem,
+    evaluate_short_answer,
     is_refusal,
+    is_short_answer_file,
     load_mc,
+    load_short_answer,
     mc_loglik_choice,
     parse_choice,
     probe_scores,
+    short_answer_correct,
     trait_direction_table,
 )
 from policies.traits import BIG_FIVE
@@ -43,6 +48,46 @@ def test_load_mc_errors_name_the_line(tmp_path) -> None:
                     + json.dumps({"question": "q", "choices": ["a"], "answer_index": 0}) + "\n")  # fmt: skip
     with pytest.raises(ValueError, match=r"mc\.jsonl: line 2"):
         load_mc(path)
+
+
+def test_short_answer_matching() -> None:
+    assert short_answer_correct("3 + 4 = 7, so the answer is 12.", ("12",))  # the last number counts
+    assert not short_answer_correct("The answer is 12, not 7.", ("12",))
+    assert short_answer_correct("That makes 1,250 dollars.", ("1250",)) and short_answer_correct("x = 2.50", ("2.5",))
+    assert short_answer_correct("I think it's Paris!", ("paris", "Paris, France"))
+    assert not short_answer_correct("Parisian food is great.", ("Paris",))  # whole words only
+    assert not short_answer_correct("no idea", ("42",))
+
+
+def test_load_short_answer_and_format_detection(tmp_path) -> None:
+    good = tmp_path / "short.jsonl"
+    rows = [
+        {"question": "2 + 2?", "answer": 4},
+        {"scenario": "s", "question": "Capital of Italy?", "answer": ["Rome", "Roma"]},
+    ]
+    good.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    items = load_short_answer(good)
+    assert items == [ShortAnswerItem("2 + 2?", ("4",)), ShortAnswerItem("Capital of Italy?", ("Rome", "Roma"), "s")]
+    assert is_short_answer_file(good)
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer_index": 1}) + "\n")
+    assert not is_short_answer_file(mc)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n" + json.dumps({"question": "q", "answer": []}))
+    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2: needs a 'question' string and an 'answer'"):
+        load_short_answer(bad)
+
+
+@pytest.mark.slow
+def test_short_answer_gets_a_known_answer_right_with_the_real_model() -> None:
+    from policies import PersonaConfig, PersonaFusePolicy
+    from policies.embedded import embedded_model_dir
+
+    policy = PersonaFusePolicy.from_base(PersonaConfig(base_model=str(embedded_model_dir())))
+    items = [ShortAnswerItem("What is the capital of France? Answer in one word.", ("Paris",)),
+             ShortAnswerItem("What is the capital of France? Answer in one word.", ("Berlin",))]  # fmt: skip
+    result = evaluate_short_answer(policy, items, None, max_new_tokens=12)
+    assert result == {"items": 2, "accuracy": 0.5}  # right on the true answer, wrong on the false one
 
 
 @pytest.mark.slow

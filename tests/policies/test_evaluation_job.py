@@ -17,17 +17,30 @@ def test_report_has_every_section(tmp_path, tiny_policy) -> None:
     mc = tmp_path / "mc.jsonl"
     mc.write_text(json.dumps({"scenario": "A friend is sad.", "question": "What helps?", "choices": ["listen", "mock"],
                               "answer_index": 0}) + "\n")  # fmt: skip
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
     cfg = EvaluationConfig(
         policy=str(tmp_path / "policy"), output_dir=str(tmp_path / "eval"), multiple_choice=(str(mc),),
-        reasoning=(str(mc),), win_rate_reward="length", win_rate_options={"min_words": 1, "max_words": 5},
+        reasoning=(str(mc), str(short)), win_rate_reward="length", win_rate_options={"min_words": 1, "max_words": 5},
         max_win_rate_prompts=3, max_new_tokens=6,
     )  # fmt: skip
     out = run_evaluation(cfg)
     report = json.loads((out / "report.json").read_text())
     for section in ("trait_directions", "multiple_choice", "reasoning", "win_rate", "safety", "routing"):
         assert report.get(section), section
+    assert set(report["reasoning"][str(short)]["base"]) == {"items", "accuracy"}  # scored as short answer
+    assert "loglik_accuracy" in report["reasoning"][str(mc)]["policy"]
     assert len(report["trait_directions"]) == 10 and 0.0 <= report["win_rate"]["win_rate"] <= 1.0
     assert set(report["safety"]) == {"policy", "base"} and len(report["routing"]) == 7  # the 7 categories
     markdown = (out / "report.md").read_text()
     assert "Trait expression" in markdown and "routing_heatmap.png" in markdown
     assert (out / "trait_directions.png").is_file() and (out / "routing_heatmap.png").is_file()
+
+
+def test_a_malformed_file_fails_before_the_model_loads(tmp_path) -> None:
+    bad = tmp_path / "short.jsonl"
+    bad.write_text(json.dumps({"question": "What is 2 + 2?"}) + "\n")
+    cfg = EvaluationConfig(policy=str(tmp_path / "no-policy-here"), output_dir=str(tmp_path / "eval"),
+                           reasoning=(str(bad),))  # fmt: skip
+    with pytest.raises(ValueError, match=r"short\.jsonl: line 1"):  # not the missing policy folder
+        run_evaluation(cfg)
