@@ -85,6 +85,10 @@ class AlgorithmConfig(FrozenConfig):
     clip_high: float = Field(0.28, gt=0, description="PPO ratio clip above 1 (clip-higher).")
     dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c > 1, or null.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
+    router_anchor_coef: float = Field(
+        0.0, ge=0, description="Weight of KL(router at the run's start || router now) per prompt: keeps stage 2's "
+        "situation -> trait map while RL adjusts it (0 = off).",
+    )  # fmt: skip
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-sum-const"] = Field(
         "token-mean", description="How the per-token loss becomes a scalar."
     )

@@ -6,6 +6,7 @@ and sequence counts, so N ranks reproduce the single-rank loss (DeepSpeed averag
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from rlhf.critic import ValueHead
 from rlhf.kl import get_kl_estimator
 from rlhf.masked import masked_mean
 from rlhf.policy_loss import entropy_from_logits, policy_loss, value_loss
+from rlhf.router_losses import router_anchor_kl
 from rlhf.sync import AdapterState, snapshot
 
 
@@ -73,6 +75,10 @@ class Learner:
         self.cfg = cfg
         self.world_size = world_size
         self.policy = build_policy(cfg)
+        # The router the run starts from (before any checkpoint is restored), frozen: the anchor's reference.
+        self.anchor_router = None
+        if cfg.algorithm.router_anchor_coef > 0 and cfg.policy.train_router:
+            self.anchor_router = copy.deepcopy(self.policy.router).requires_grad_(False).eval()
         self.policy.set_trainable(router=cfg.policy.train_router, experts=cfg.policy.train_experts)
         if cfg.learner.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
@@ -164,7 +170,8 @@ class Learner:
 
     def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, float]:
         algo, mask = self.cfg.algorithm, mb.response_mask
-        routed = self.policy.route(mb.prompt_ids, mb.prompt_mask)  # fp32, as in rollouts: same top-k choices
+        features = self.policy.situation_features(mb.prompt_ids, mb.prompt_mask)
+        routed = self.policy.router(features)  # fp32, as in rollouts: same top-k choices
         with self.policy.mixture(routed.weights), bf16_autocast(self.mixed_bf16):
             logits, hidden = self.policy.response_outputs(
                 mb.input_ids, mb.attention_mask, mb.response_len, self.cfg.rollout.temperature,
@@ -196,7 +203,12 @@ class Learner:
             per_token, mask, algo.loss_agg, global_tokens=count.tokens, global_seqs=count.seqs,
             dp_size=self.world_size, max_response_len=self.cfg.rollout.max_new_tokens,
         )  # fmt: skip
-        loss = loss + routed.aux_loss * len(mb) / minibatch_rows
+        router_terms = routed.aux_loss
+        anchor_kl = None
+        if self.anchor_router is not None:
+            anchor_kl = router_anchor_kl(routed.probs, self.anchor_router(features).probs)
+            router_terms = router_terms + algo.router_anchor_coef * anchor_kl
+        loss = loss + router_terms * len(mb) / minibatch_rows
         self.engine.backward(loss * self.grad_accum)  # DeepSpeed divides by grad_accum; the counts already did
         self.engine.step()
         return {
@@ -205,6 +217,7 @@ class Learner:
             "entropy": masked_mean(entropy, mask).item(),
             "clip_frac": metrics["actor/clip_frac"].item(),
             "router/aux_loss": routed.aux_loss.item(),
+            **({"router/anchor_kl": anchor_kl.item()} if anchor_kl is not None else {}),
             **critic_metrics,
         }
 

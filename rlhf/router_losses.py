@@ -23,6 +23,16 @@ def load_balance_loss(probs: Tensor, weights: Tensor) -> Tensor:
     return num_experts * (share * probs.mean(0)).sum()
 
 
+def router_anchor_kl(probs: Tensor, ref_probs: Tensor) -> Tensor:
+    """KL(ref || p) = mean_b sum_e ref_be (log ref_be - log p_be): how far the router moved from a reference router
+    (the one the run started from) on the same prompts. probs, ref_probs (B, E) -> scalar, differentiable in probs.
+
+    RL rewards whichever experts wrote the best replies, and without an anchor the router can drift to one expert
+    for every situation; this term keeps the situation -> trait map that stage 2 learned while RL adjusts it."""
+    ref = ref_probs.detach()
+    return (ref * (ref.clamp_min(1e-12).log() - probs.clamp_min(1e-12).log())).sum(-1).mean()
+
+
 def router_aux_loss(kind: str, probs: Tensor, weights: Tensor) -> Tensor:
     """The configured regulariser: ``none`` -> 0, ``load_balance``, or ``entropy`` (= -H, so it favours spread)."""
     if kind == "none":

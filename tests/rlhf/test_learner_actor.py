@@ -70,3 +70,31 @@ def test_bf16_mixed_learner_tracks_fp32(ray_local, tiny_model_dir) -> None:
     assert abs(m16["loss"] - m32["loss"]) < 0.05 * abs(m32["loss"]) + 1e-3 and abs(m16["kl"] - m32["kl"]) < 1e-2
     path = next(iter(s16.experts))
     assert s16.experts[path][1].dtype == torch.float32 and s16.experts[path][1].abs().sum() > 0  # fp32 weights moved
+
+
+def test_router_anchor_holds_the_router_near_its_start(ray_local, tiny_model_dir) -> None:
+    """algorithm.router_anchor_coef: KL to the router the run started from is 0 on the first optimizer step and
+    positive after; with a strong anchor the routing of the batch's prompts ends closer to where it started."""
+    from rlhf.build import build_policy
+    from rlhf.router_losses import router_anchor_kl
+
+    overrides = [
+        f"policy.base_model={tiny_model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=6",
+        "data.prompts_per_step=2", "learner.micro_batch_size=8", "learner.router_lr=0.02", "algorithm.ppo_epochs=4",
+        "learner.cpus_per_learner=1", "rollout.cpus_per_actor=1",
+    ]  # fmt: skip
+    batch = sample_batch(overrides)
+    policy = build_policy(load_config(None, overrides))
+    features = policy.situation_features(batch.prompt_ids, batch.prompt_mask)
+    start = policy.router(features).probs.detach()
+
+    def moved(state) -> float:
+        policy.router.load_state_dict(state.router)
+        return router_anchor_kl(policy.router(features).probs, start).item()
+
+    (free, _, s_free), (held, _, s_held) = (
+        one_step(load_config(None, [*overrides, f"algorithm.router_anchor_coef={c}"]), batch) for c in (0, 50)
+    )
+    assert "router/anchor_kl" not in free and held["router/anchor_kl"] > 0  # mean of 0 (step 1) and positives
+    drift = {"free": moved(s_free), "held": moved(s_held)}
+    assert drift["held"] < 0.5 * drift["free"], drift

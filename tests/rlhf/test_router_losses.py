@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlhf.router_losses import load_balance_loss, router_aux_loss, routing_entropy
+from rlhf.router_losses import load_balance_loss, router_anchor_kl, router_aux_loss, routing_entropy
 
 
 def test_entropy_hand_values() -> None:
@@ -36,3 +36,14 @@ def test_aux_loss_dispatch() -> None:
     assert router_aux_loss("entropy", probs, probs).item() == pytest.approx(-routing_entropy(probs).item())
     with pytest.raises(ValueError, match="choose none, load_balance or entropy"):
         router_aux_loss("gini", probs, probs)
+
+
+def test_router_anchor_kl_by_hand() -> None:
+    ref = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
+    logits = torch.tensor([[0.25, 0.75], [0.9, 0.1]]).log().requires_grad_()
+    expected = (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75) + 0.0) / 2  # row 2 equals its reference
+    kl = router_anchor_kl(logits.softmax(-1), ref)
+    assert kl.item() == pytest.approx(expected)
+    assert router_anchor_kl(ref, ref).item() == pytest.approx(0.0, abs=1e-7)
+    kl.backward()
+    torch.testing.assert_close(logits.grad, torch.tensor([[-0.125, 0.125], [0.0, 0.0]]))  # (p - ref) / B
