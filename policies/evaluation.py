@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,14 +144,21 @@ class MCItem:
     scenario: str | None = None
 
 
+def _rows(path: str | Path) -> Iterator[tuple[dict, str]]:
+    """(row, "file: line N") for each row of a JSONL / parquet / save_to_disk file; invalid JSON or a row that is
+    not an object is an error naming the place."""
+    from rlhf.prompts import read_rows
+
+    for row, where, _ in read_rows(Path(path)):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield row, where
+
+
 def load_mc(path: str | Path) -> list[MCItem]:
-    """Generic multiple-choice JSONL; a malformed row is an error naming the file and line."""
+    """Generic multiple-choice rows; a malformed row is an error naming the file and line."""
     items = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}: line {lineno}"
-        row = json.loads(line)
+    for row, where in _rows(path):
         choices = row.get("choices")
         if not isinstance(row.get("question"), str) or not isinstance(choices, list) or len(choices) < 2:
             raise ValueError(f"{where}: needs a 'question' string and a 'choices' list of >= 2 strings")
@@ -171,12 +179,9 @@ class ShortAnswerItem:
 
 
 def load_short_answer(path: str | Path) -> list[ShortAnswerItem]:
-    """Short-answer JSONL; a malformed row is an error naming the file and line."""
+    """Short-answer rows; a malformed row is an error naming the file and line."""
     items = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row, where in _rows(path):
         answer = row.get("answer")
         answers = [answer] if isinstance(answer, (str, int, float)) and not isinstance(answer, bool) else answer
         if (
@@ -186,8 +191,7 @@ def load_short_answer(path: str | Path) -> list[ShortAnswerItem]:
             or not all(isinstance(a, (str, int, float)) and _normalise(str(a)) for a in answers)
         ):
             raise ValueError(
-                f"{path}: line {lineno}: needs a 'question' string and an 'answer' (a non-empty string or number, "
-                "or a list of them)"
+                f"{where}: needs a 'question' string and an 'answer' (a non-empty string or number, or a list of them)"
             )
         items.append(ShortAnswerItem(row["question"], tuple(str(a) for a in answers), row.get("scenario")))
     if not items:
@@ -224,10 +228,8 @@ def evaluate_short_answer(
 
 def is_short_answer_file(path: str | Path) -> bool:
     """Whether a reasoning file is short answer (its first row has ``answer`` and no ``choices``) or MC."""
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            return "answer" in row and "choices" not in row
+    for row, _ in _rows(path):
+        return "answer" in row and "choices" not in row
     return False
 
 

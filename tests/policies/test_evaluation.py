@@ -48,6 +48,22 @@ def test_load_mc_errors_name_the_line(tmp_path) -> None:
                     + json.dumps({"question": "q", "choices": ["a"], "answer_index": 0}) + "\n")  # fmt: skip
     with pytest.raises(ValueError, match=r"mc\.jsonl: line 2"):
         load_mc(path)
+    path.write_text('{"question": "q", "choices": ["a", "b"], "answer_index": 1}\n{"question": \n')
+    with pytest.raises(ValueError, match=r"mc\.jsonl: line 2: invalid JSON"):
+        load_mc(path)
+
+
+def test_mc_and_short_answer_files_may_be_parquet(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.Table.from_pylist([{"question": "q", "choices": ["a", "b"], "answer_index": 1}]), tmp_path / "m.parquet"
+    )
+    pq.write_table(pa.Table.from_pylist([{"question": "2 + 2?", "answer": "4"}]), tmp_path / "s.parquet")
+    assert load_mc(tmp_path / "m.parquet") == [MCItem("q", ("a", "b"), 1)]
+    assert is_short_answer_file(tmp_path / "s.parquet") and not is_short_answer_file(tmp_path / "m.parquet")
+    assert load_short_answer(tmp_path / "s.parquet") == [ShortAnswerItem("2 + 2?", ("4",))]
 
 
 def test_short_answer_matching() -> None:
