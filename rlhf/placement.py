@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -37,12 +39,26 @@ def start_ray(cfg: JobConfig) -> None:
     if address:
         ray.init(address=address)
         return
+    running = local_cluster_address()
+    if running:
+        ray.init(address=running)  # a cluster started with `ray start` on this machine
+        return
+    lc, rc = cfg.learner, cfg.rollout
+    needed = lc.num_learners * lc.cpus_per_learner + rc.num_actors * rc.cpus_per_actor
+    ray.init(address="local", num_cpus=max(math.ceil(needed), os.cpu_count() or 1), include_dashboard=False)
+
+
+def local_cluster_address() -> str | None:
+    """The address `ray start` recorded on this machine, if its head still accepts connections. A head that was
+    killed or terminated leaves the record behind, and ray.init("auto") then waits on the dead address for minutes."""
+    record = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
     try:
-        ray.init(address="auto")  # a cluster started with `ray start` on this machine
-    except ConnectionError:
-        lc, rc = cfg.learner, cfg.rollout
-        needed = lc.num_learners * lc.cpus_per_learner + rc.num_actors * rc.cpus_per_actor
-        ray.init(address="local", num_cpus=max(math.ceil(needed), os.cpu_count() or 1), include_dashboard=False)
+        address = record.read_text().strip()
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=2):
+            return address
+    except (OSError, ValueError):
+        return None
 
 
 def create_actors(cfg: JobConfig) -> ActorGroups:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,3 +21,23 @@ def test_split_placement_spans_two_nodes_and_a_step_completes(tiny_model_dir, tm
     assert result["cluster_nodes"] == 2
     assert len(result["nodes"]) == 2  # learners and rollout actor landed on both nodes
     assert result["steps"] == 1
+
+
+def test_a_stale_cluster_record_is_ignored(tmp_path, monkeypatch) -> None:
+    """`ray start` leaves /tmp/ray/ray_current_cluster behind when its head dies; only a head that answers counts."""
+    from rlhf.placement import local_cluster_address
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    assert local_cluster_address() is None  # no record
+    (tmp_path / "ray").mkdir()
+    record = tmp_path / "ray" / "ray_current_cluster"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        live = f"127.0.0.1:{listener.getsockname()[1]}"
+        record.write_text(live)
+        assert local_cluster_address() == live
+    record.write_text(live)  # the same port, now closed: a dead head
+    assert local_cluster_address() is None
+    record.write_text("garbage")
+    assert local_cluster_address() is None
