@@ -24,17 +24,22 @@ def test_filters_name_their_reason() -> None:
     assert repeated_trigram_share("a b c a b c") == 0.25  # 4 trigrams, 1 repeats an earlier one
 
 
-def test_synthesis_writes_one_file_per_expert_with_provenance(tmp_path, tiny_model_dir) -> None:
+def small_config(model: str, out: Path, experts: tuple[str, ...], **options) -> SynthesisConfig:
+    """Three situations calling up the first pole, short turns, filters open: the synthesis tests' setup."""
     rows = [
         {"id": f"s{i}", "category": "c", "situation": f"My plant number {i} died and I feel sad.",
-         "target": {"agreeableness_high": 1.0}, "split": "train"}
+         "target": {experts[0]: 1.0}, "split": "train"}
         for i in range(3)
     ]  # fmt: skip
-    cfg = SynthesisConfig(
-        teacher=str(tiny_model_dir), output_dir=str(tmp_path / "data"), situations=str(_write(tmp_path, rows)),
-        experts=("agreeableness_high", "agreeableness_low"), think_tokens=8, reply_tokens=12, min_words=1,
-        max_words=200, max_repeated_trigram_share=1.0, batch_size=4,
+    return SynthesisConfig(
+        teacher=model, output_dir=str(out / "data"), situations=str(_write(out, rows)), experts=experts,
+        think_tokens=8, reply_tokens=12, min_words=1, max_words=200, max_repeated_trigram_share=1.0, batch_size=4,
+        **options,
     )  # fmt: skip
+
+
+def test_synthesis_writes_one_file_per_expert_with_provenance(tmp_path, tiny_model_dir) -> None:
+    cfg = small_config(str(tiny_model_dir), tmp_path, ("agreeableness_high", "agreeableness_low"))
     out = write_persona_data(cfg)
     manifest = json.loads((out / "manifest.json").read_text())
     for expert in cfg.experts:

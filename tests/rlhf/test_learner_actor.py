@@ -13,6 +13,14 @@ from rlhf.rollout import RolloutWorker
 from tests.conftest import randomize_experts
 
 
+def tiny_overrides(model_dir, *extra: str) -> list[str]:
+    """The tiny model with HF sampling: 2 prompts x 4 samples x 6 tokens, one CPU per actor, plus ``extra``."""
+    return [
+        f"policy.base_model={model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=6", "data.prompts_per_step=2",
+        "learner.cpus_per_learner=1", "rollout.cpus_per_actor=1", *extra,
+    ]  # fmt: skip
+
+
 def sample_batch(overrides: list[str]):
     """A fixed 2-prompt x 4-sample batch from an HF rollout with randomised experts, with made-up rewards."""
     worker = RolloutWorker(load_config(None, overrides))
@@ -35,11 +43,13 @@ def one_step(cfg, batch):
 
 
 def test_one_and_two_learners_agree(ray_local, tiny_model_dir) -> None:
-    overrides = [
-        f"policy.base_model={tiny_model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=6",
-        "data.prompts_per_step=2", "learner.micro_batch_size=2", "learner.lr=0.05", "algorithm.ppo_epochs=2",
-        "algorithm.kl.coef=0.1", "learner.cpus_per_learner=1", "rollout.cpus_per_actor=1",
-    ]  # fmt: skip
+    overrides = tiny_overrides(
+        tiny_model_dir,
+        "learner.micro_batch_size=2",
+        "learner.lr=0.05",
+        "algorithm.ppo_epochs=2",
+        "algorithm.kl.coef=0.1",
+    )
     batch = sample_batch(overrides)
     (m1, _, s1), (m2, _, s2) = (
         one_step(load_config(None, [*overrides, f"learner.num_learners={n}"]), batch) for n in (1, 2)
@@ -55,11 +65,7 @@ def test_one_and_two_learners_agree(ray_local, tiny_model_dir) -> None:
 def test_bf16_mixed_learner_tracks_fp32(ray_local, tiny_model_dir) -> None:
     """learner.dtype=bf16-mixed (bf16 autocast, fp32 weights): same loss and reference log-probs as fp32 within
     bf16 rounding, and it trains."""
-    overrides = [
-        f"policy.base_model={tiny_model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=6",
-        "data.prompts_per_step=2", "learner.micro_batch_size=4", "learner.lr=0.05", "algorithm.kl.coef=0.1",
-        "learner.cpus_per_learner=1", "rollout.cpus_per_actor=1",
-    ]  # fmt: skip
+    overrides = tiny_overrides(tiny_model_dir, "learner.micro_batch_size=4", "learner.lr=0.05", "algorithm.kl.coef=0.1")
     batch = sample_batch(overrides)
     (m32, b32, _), (m16, b16, s16) = (
         one_step(load_config(None, [*overrides, f"learner.dtype={d}"]), batch) for d in ("fp32", "bf16-mixed")
@@ -78,11 +84,9 @@ def test_router_anchor_holds_the_router_near_its_start(ray_local, tiny_model_dir
     from rlhf.build import build_policy
     from rlhf.router_losses import router_anchor_kl
 
-    overrides = [
-        f"policy.base_model={tiny_model_dir}", "rollout.engine=hf", "rollout.max_new_tokens=6",
-        "data.prompts_per_step=2", "learner.micro_batch_size=8", "learner.router_lr=0.02", "algorithm.ppo_epochs=4",
-        "learner.cpus_per_learner=1", "rollout.cpus_per_actor=1",
-    ]  # fmt: skip
+    overrides = tiny_overrides(
+        tiny_model_dir, "learner.micro_batch_size=8", "learner.router_lr=0.02", "algorithm.ppo_epochs=4"
+    )
     batch = sample_batch(overrides)
     policy = build_policy(load_config(None, overrides))
     features = policy.situation_features(batch.prompt_ids, batch.prompt_mask)
