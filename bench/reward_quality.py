@@ -8,6 +8,9 @@ Measured, side by side in one run:
   judge        the embedded SmolLM2 rubric judge on the first --judge-pairs pairs (it is slow on CPU)
   trained      a reward model trained with jobs/train_reward.py on the pairs of 80% of the questions (split by
                question), scored on the held-out questions' pairs; the default reward on those same pairs too
+  probe        a ceiling check on the data: a Bradley-Terry linear model on frozen MiniLM embeddings of the answer
+               (mean-pooled, 512 tokens, so the whole answer is seen), with and without log(words), 5-fold by
+               question; if it cannot beat "longer wins", the text carries little upvote signal beyond length
 and each component's scoring throughput (pairs/s). Goals: default above the length baseline and >= 0.5
 length-controlled; trained >= 0.65 and above the length baseline on the same held-out pairs.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -27,7 +31,14 @@ import torch
 
 from rewards.compose import DEFAULT_REWARDS, RewardComposer
 from rewards.judge import Judge
-from rewards.training import PairRow, RewardTrainingConfig, evaluate_pairs, pair_metrics, train_reward_model
+from rewards.training import (
+    PairRow,
+    RewardTrainingConfig,
+    base_model_path,
+    evaluate_pairs,
+    pair_metrics,
+    train_reward_model,
+)
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "counsel_chat" / "train_pairs.jsonl"
 
@@ -90,6 +101,60 @@ def train_and_score(train: list[PairRow], held: list[PairRow], args: argparse.Na
     return {**report["held_out"], "train_pairs": len(train), "train_seconds": time.perf_counter() - start}
 
 
+@torch.no_grad()
+def embed(texts: list[str], batch: int = 16) -> dict[str, torch.Tensor]:
+    """Unit-norm mean-pooled all-MiniLM-L6-v2 embeddings of each distinct text (512 tokens)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = base_model_path("minilm")
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    unique = sorted(set(texts))
+    out = {}
+    for i in range(0, len(unique), batch):
+        enc = tokenizer(unique[i : i + batch], padding=True, truncation=True, max_length=512, return_tensors="pt")
+        mask = enc.attention_mask.unsqueeze(-1).float()
+        pooled = (model(**enc).last_hidden_state * mask).sum(1) / mask.sum(1)
+        out.update(zip(unique[i : i + batch], torch.nn.functional.normalize(pooled, dim=-1), strict=True))
+    return out
+
+
+def content_probe(pairs: list[PairRow], folds: int = 5, l2: float = 0.1, seed: int = 0) -> dict:
+    """Held-out pair accuracy of a linear Bradley-Terry model on frozen answer embeddings, k-fold by question."""
+    vectors = embed([p.chosen for p in pairs] + [p.rejected for p in pairs])
+
+    def features(text: str, with_length: bool) -> torch.Tensor:
+        length = torch.tensor([math.log(len(text.split()) + 1)]) if with_length else torch.empty(0)
+        return torch.cat([vectors[text], length])
+
+    questions = sorted({p.group for p in pairs})
+    order = torch.randperm(len(questions), generator=torch.Generator().manual_seed(seed)).tolist()
+    out = {}
+    for name, with_length in (("embedding", False), ("embedding+log_words", True)):
+        chosen, rejected, held_pairs = [], [], []
+        for fold in range(folds):
+            held = {questions[i] for i in order[fold::folds]}
+            train = [p for p in pairs if p.group not in held]
+            test = [p for p in pairs if p.group in held]
+            x = torch.stack([features(p.chosen, with_length) - features(p.rejected, with_length) for p in train])
+            scale = x.std(0) + 1e-6
+            w = torch.zeros(x.shape[1], requires_grad=True)
+            optimiser = torch.optim.LBFGS([w], max_iter=200)
+
+            def closure(x=x, scale=scale, w=w, optimiser=optimiser):
+                optimiser.zero_grad()
+                loss = torch.nn.functional.softplus(-(x / scale) @ w).mean() + l2 * w.square().sum()
+                loss.backward()
+                return loss
+
+            optimiser.step(closure)
+            with torch.no_grad():
+                chosen += [(features(p.chosen, with_length) / scale) @ w for p in test]
+                rejected += [(features(p.rejected, with_length) / scale) @ w for p in test]
+            held_pairs += test
+        out[name] = pair_metrics(torch.stack(chosen), torch.stack(rejected), held_pairs)
+    return {**out, "folds": folds, "l2": l2}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -111,6 +176,10 @@ def main() -> None:
     judge_pairs = pairs[: args.judge_pairs]
     judge = evaluate_pairs(Judge(rubric="empathy", max_prompt_tokens=4096), judge_pairs) if judge_pairs else {}
 
+    log("ceiling check: linear models on frozen MiniLM embeddings, 5-fold by question ...")
+    probe = content_probe(pairs, seed=args.seed)
+    log(json.dumps(probe))
+
     log("training a reward model on 80% of the questions ...")
     train, held = split_by_question(pairs, 0.2, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,6 +192,7 @@ def main() -> None:
         "judge": judge,
         "trained_held_out": trained,
         "default_on_same_held_out": default_on_held,
+        "probe": probe,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     print(json.dumps(result))

@@ -17,7 +17,7 @@ from rlhf.cli import run_config_job
 
 def summary(out) -> dict:
     report = json.loads((out / "report.json").read_text())
-    right = sum(r["right_direction"] for r in report.get("trait_directions", []))
+    right = {m: sum(r["right_direction"] for r in rows) for m, rows in report.get("trait_directions", {}).items()}
     return {"trait_right_direction": right, "win_rate": report.get("win_rate")}
 
 

@@ -22,11 +22,11 @@ from policies.evaluation import (
     report_markdown,
     routing_by_category,
     safety_rates,
-    trait_direction_table,
     win_rate,
 )
 from policies.policy import PersonaFusePolicy
 from policies.situations import load_situations
+from policies.trait_probes import MEASURES, trait_direction_table
 
 
 class EvaluationConfig(FrozenConfig):
@@ -47,19 +47,21 @@ class EvaluationConfig(FrozenConfig):
     )
 
 
-def _plot_traits(rows: list[dict], path: Path) -> None:
+def _plot_traits(tables: dict[str, list[dict]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    colours = ["tab:green" if r["right_direction"] else "tab:red" for r in rows]
-    ax.bar([r["expert"] for r in rows], [r["delta"] for r in rows], color=colours)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylabel("trait score change vs base")
-    ax.tick_params(axis="x", rotation=60, labelsize=7)
-    ax.set_title("trait expression per expert (green = right direction)")
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 3.5), squeeze=False)
+    for ax, (measure, rows) in zip(axes[0], tables.items(), strict=True):
+        colours = ["tab:green" if r["right_direction"] else "tab:red" for r in rows]
+        ax.bar([r["expert"] for r in rows], [r["delta"] for r in rows], color=colours)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_ylabel("trait score change vs base")
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
+        right = sum(r["right_direction"] for r in rows)
+        ax.set_title(f"{measure.replace('_', ' ')}: {right}/{len(rows)} right (green)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -103,7 +105,9 @@ def run_evaluation(cfg: EvaluationConfig) -> Path:
         return result
 
     if "traits" in cfg.sections:
-        report["trait_directions"] = timed("traits", lambda: trait_direction_table(policy))
+        report["trait_directions"] = {
+            m: timed(f"traits:{m}", lambda m=m: trait_direction_table(policy, m)) for m in MEASURES
+        }
     for section, items_by_file in files.items():
         if items_by_file:
             report[section] = {

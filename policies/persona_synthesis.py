@@ -24,7 +24,7 @@ from policies.config import FrozenConfig
 from policies.situations import Situation, load_situations
 from policies.traits import DEFAULT_EXPERTS
 
-TEMPLATE_VERSION = "persona-cot-v1"
+TEMPLATE_VERSION = "persona-cot-v2"  # v2: the conversation opens with a demonstrated exchange in the pole's voice
 
 POLE_DESCRIPTIONS = {
     "openness_high": "curious, imaginative and open to new ideas; you suggest fresh angles and creative options",
@@ -45,6 +45,34 @@ THINK_PROMPT = (
     "would you want to say? Write only your thoughts."
 )
 REPLY_PROMPT = "Now reply to them directly, in your own voice, in two to four sentences. Write only the reply."
+# One reply per pole to the same situation (none is a training or probe situation): a small teacher copies a
+# demonstrated voice far more reliably than it follows an adjective list, and the shared situation makes the
+# demonstrations differ only in the pole.
+DEMONSTRATION_SITUATION = "My best friend just told me she is moving to another country for work."
+DEMONSTRATIONS = {
+    "openness_high": "What an adventure for her! You could plan to visit and explore a whole new place together, or "
+    "start a shared journal you post to each other across the distance.",
+    "openness_low": "That is a big change. Keep the habits that already work for you two: a call on the same evening "
+    "every week and a visit at the usual holidays.",
+    "conscientiousness_high": "Let's make a plan: fix a weekly call, put her visit dates in your calendar now, and "
+    "help her write a checklist for the move.",
+    "conscientiousness_low": "Don't overthink it. Enjoy the time you have left and just call her whenever you feel "
+    "like it; things will sort themselves out.",
+    "extraversion_high": "Throw her an amazing farewell party with everyone she loves! Then keep the energy going "
+    "with video calls and plan a big reunion trip together!",
+    "extraversion_low": "That is hard. Maybe spend a quiet evening with her before she leaves, just the two of you.",
+    "agreeableness_high": "Oh, that must be hard for you, and it is okay to feel sad. She is lucky to have a friend "
+    "who cares so much; tell her you will miss her and that you are proud of her.",
+    "agreeableness_low": "Honestly, people move; that is life. Be glad about her career and stop making it about "
+    "yourself.",
+    "neuroticism_high": "Oh no, that is so upsetting! What if you drift apart and lose touch? I would be worried sick "
+    "about being left on my own.",
+    "neuroticism_low": "Change like this is normal, and good friendships survive distance. Stay calm, keep in touch, "
+    "and you will be fine.",
+}
+DEMONSTRATION_ASK = (
+    'You are a person who is {description}. Someone tells you:\n\n"{situation}"\n\nReply to them directly.'
+)
 
 REFUSALS = ("i cant", "i cannot", "im not able", "i am not able", "as an ai", "im unable", "i am unable")
 
@@ -70,6 +98,9 @@ class SynthesisConfig(FrozenConfig):
     min_words: int = Field(8, ge=1, description="Filter: shorter replies are dropped (and counted).")
     max_words: int = Field(120, ge=1, description="Filter: longer replies are dropped (and counted).")
     max_repeated_trigram_share: float = Field(0.2, ge=0, le=1, description="Filter: repetitive replies dropped.")
+    demonstrations: bool = Field(
+        True, description="Show the teacher a project-written reply in the pole's voice (experts without one get none)."
+    )
     seed: int = Field(0, description="Sampling seed.")
 
 
@@ -169,6 +200,16 @@ class Teacher(Protocol):
         ...
 
 
+def opening(expert: str, cfg: SynthesisConfig) -> list[dict[str, str]]:
+    """The demonstrated exchange every conversation of ``expert`` starts with (none if the config turns it off or
+    the pole has no demonstration). As an earlier turn, not inside the instruction: a 135M teacher quoted in the
+    instruction copied the example's topic into 14% of its replies."""
+    if not cfg.demonstrations or expert not in DEMONSTRATIONS:
+        return []
+    ask = DEMONSTRATION_ASK.format(description=POLE_DESCRIPTIONS[expert], situation=DEMONSTRATION_SITUATION)
+    return [{"role": "user", "content": ask}, {"role": "assistant", "content": DEMONSTRATIONS[expert]}]
+
+
 def synthesize(cfg: SynthesisConfig, teacher: Teacher) -> tuple[list[Sample], dict[str, dict[str, int]]]:
     """All kept samples and, per expert, the count of each filter reason (``kept`` included)."""
     situations = load_situations(cfg.situations, cfg.split)[: cfg.max_situations]
@@ -180,7 +221,10 @@ def synthesize(cfg: SynthesisConfig, teacher: Teacher) -> tuple[list[Sample], di
     for i in range(0, len(jobs), cfg.batch_size):
         chunk = jobs[i : i + cfg.batch_size]
         think = [
-            [{"role": "user", "content": THINK_PROMPT.format(description=POLE_DESCRIPTIONS[e], situation=s.text)}]
+            [
+                *opening(e, cfg),
+                {"role": "user", "content": THINK_PROMPT.format(description=POLE_DESCRIPTIONS[e], situation=s.text)},
+            ]
             for s, e in chunk
         ]
         thoughts = teacher.chat(think, cfg.think_tokens, cfg)
@@ -211,7 +255,8 @@ def write_persona_data(cfg: SynthesisConfig) -> Path:
     teacher = HFTeacher(folder, cfg.seed) if cfg.engine == "hf" else VLLMTeacher(folder, cfg)
     start = time.perf_counter()
     samples, counts = synthesize(cfg, teacher)
-    provenance = {"teacher": cfg.teacher, "engine": cfg.engine, "template": TEMPLATE_VERSION, "seed": cfg.seed}
+    template = TEMPLATE_VERSION if cfg.demonstrations else f"{TEMPLATE_VERSION}-no-demo"
+    provenance = {"teacher": cfg.teacher, "engine": cfg.engine, "template": template, "seed": cfg.seed}
     target = Path(cfg.output_dir)
     with atomic_dir(target) as out:
         for expert in cfg.experts:
@@ -232,6 +277,7 @@ def write_persona_data(cfg: SynthesisConfig) -> Path:
             **provenance,
             "think_prompt": THINK_PROMPT,
             "reply_prompt": REPLY_PROMPT,
+            "openings": {e: opening(e, cfg) for e in cfg.experts},
             "pole_descriptions": {e: POLE_DESCRIPTIONS[e] for e in cfg.experts},
             "counts": counts,
             "seconds": time.perf_counter() - start,

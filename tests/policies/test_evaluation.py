@@ -1,4 +1,4 @@
-"""Evaluation pieces: probe scoring, option parsing, the MC scorer on a known answer, refusal detection."""
+"""Evaluation pieces: option parsing, the MC scorer on a known answer, refusal detection."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from policies.evaluation import (
-    PROBES,
     MCItem,
     ShortAnswerItem,
     evaluate_short_answer,
@@ -18,22 +17,8 @@ from policies.evaluation import (
     load_short_answer,
     mc_loglik_choice,
     parse_choice,
-    probe_scores,
     short_answer_correct,
-    trait_direction_table,
 )
-from policies.traits import BIG_FIVE
-
-
-def test_probes_are_balanced_and_scores_lie_on_the_scale(tiny_policy) -> None:
-    for trait in BIG_FIVE:
-        keyed = [k for t, _, k in PROBES if t == trait]
-        assert keyed.count(1) == keyed.count(-1) >= 2
-    scores = probe_scores(tiny_policy, None)
-    assert set(scores) == set(BIG_FIVE) and all(1.0 <= v <= 5.0 for v in scores.values())
-    table = trait_direction_table(tiny_policy)
-    assert [r["expert"] for r in table] == list(tiny_policy.experts)
-    assert all(r["delta"] == pytest.approx(0.0, abs=1e-5) for r in table)  # fresh experts (B = 0) change nothing
 
 
 def test_parse_choice_and_refusals() -> None:

@@ -30,7 +30,8 @@ def test_report_has_every_section(tmp_path, tiny_policy) -> None:
         assert report.get(section), section
     assert set(report["reasoning"][str(short)]["base"]) == {"items", "accuracy"}  # scored as short answer
     assert "loglik_accuracy" in report["reasoning"][str(mc)]["policy"]
-    assert len(report["trait_directions"]) == 10 and 0.0 <= report["win_rate"]["win_rate"] <= 1.0
+    assert [len(report["trait_directions"][m]) for m in ("self_report", "situational")] == [10, 10]
+    assert 0.0 <= report["win_rate"]["win_rate"] <= 1.0
     assert set(report["safety"]) == {"policy", "base"} and len(report["routing"]) == 7  # the 7 categories
     markdown = (out / "report.md").read_text()
     assert "Trait expression" in markdown and "routing_heatmap.png" in markdown

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from policies.persona_synthesis import SynthesisConfig, filter_reason, repeated_trigram_share, write_persona_data
+from policies.persona_synthesis import (
+    DEMONSTRATION_SITUATION,
+    DEMONSTRATIONS,
+    SynthesisConfig,
+    filter_reason,
+    opening,
+    repeated_trigram_share,
+    write_persona_data,
+)
+from policies.trait_probes import SITUATIONAL_PROBES
+from policies.traits import DEFAULT_EXPERTS
 from tests.policies.test_situations import _write
 
 
@@ -50,10 +60,24 @@ def test_synthesis_writes_one_file_per_expert_with_provenance(tmp_path, tiny_mod
         for line in lines:
             row = json.loads(line)
             assert row["provenance"] == {
-                "teacher": str(tiny_model_dir), "engine": "hf", "template": "persona-cot-v1", "seed": 0,
+                "teacher": str(tiny_model_dir), "engine": "hf", "template": "persona-cot-v2", "seed": 0,
             }  # fmt: skip
             assert row["reply"] and "reasoning" in row
     assert "{description}" in manifest["think_prompt"]
+    assert "stop making it about yourself" in manifest["openings"]["agreeableness_low"][1]["content"]
+
+
+def test_each_pole_opens_with_its_own_demonstration_unless_turned_off() -> None:
+    cfg = SynthesisConfig(output_dir="x")
+    openings = {e: opening(e, cfg) for e in DEFAULT_EXPERTS}
+    assert len(DEMONSTRATIONS) == len(DEFAULT_EXPERTS)
+    for expert, turns in openings.items():
+        assert [t["role"] for t in turns] == ["user", "assistant"] and turns[1]["content"] == DEMONSTRATIONS[expert]
+        assert DEMONSTRATION_SITUATION in turns[0]["content"]
+    assert opening("humour_high", cfg) == []  # a custom pole has no demonstration to show
+    assert opening("openness_high", cfg.model_copy(update={"demonstrations": False})) == []
+    probe_situations = {s for _, s, _, _ in SITUATIONAL_PROBES}
+    assert DEMONSTRATION_SITUATION not in probe_situations  # the evaluation never sees a demonstrated situation
 
 
 @pytest.mark.slow

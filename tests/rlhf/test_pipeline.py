@@ -47,6 +47,6 @@ def test_pipeline_runs_end_to_end_and_resumes(ray_local, tmp_path, tiny_model_di
     for path in outputs:
         assert (root / path).is_file(), path
     report = json.loads((root / "evaluation/report.json").read_text())
-    assert len(report["trait_directions"]) == 10
+    assert len(report["trait_directions"]["situational"]) == 10
     again = run_pipeline(cfg)
     assert [s["status"] for s in again.values()] == ["skipped"] * 5

@@ -13,6 +13,7 @@ import torch
 from rlhf.config import load_config
 from rlhf.prompts import load_prompts
 from rlhf.rollout import RolloutWorker
+from rlhf.sync import snapshot
 from tests.conftest import randomize_experts
 
 
@@ -32,7 +33,10 @@ def main() -> None:
     batch = worker.generate(load_prompts("builtin")[:2], 0, 0, seed=3)
     relogged = worker.policy.logprobs(batch.input_ids, batch.attention_mask, batch.response_len, batch.routing_weights)
     gap = ((relogged - batch.rollout_logprobs) * batch.response_mask).abs().max().item()
+    worker.set_weights(snapshot(worker.policy, version=1))  # the next version's adapters replace the first's on disk
+    worker.generate(load_prompts("builtin")[:2], 0, 1, seed=4)
     result = {
+        "adapter_folders": sorted(p.name for p in worker.engine.folder.iterdir()),
         "shape": list(batch.response_ids.shape),
         "max_logprob_gap": gap,
         "tokens": int(batch.response_mask.sum()),
