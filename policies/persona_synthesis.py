@@ -45,9 +45,9 @@ THINK_PROMPT = (
     "would you want to say? Write only your thoughts."
 )
 REPLY_PROMPT = "Now reply to them directly, in your own voice, in two to four sentences. Write only the reply."
-# One reply per pole to the same situation (none is a training or probe situation): a small teacher copies a
-# demonstrated voice far more reliably than it follows an adjective list, and the shared situation makes the
-# demonstrations differ only in the pole.
+# One reply per pole to the same situation (neither a training nor a probe situation), so the demonstrations differ
+# only in the pole. On the CPU pipeline preset, stage-1 experts moved their trait the right way on the situational
+# probe 8/10 with them against 7/10 without (one seed each: suggestive, not settled).
 DEMONSTRATION_SITUATION = "My best friend just told me she is moving to another country for work."
 DEMONSTRATIONS = {
     "openness_high": "What an adventure for her! You could plan to visit and explore a whole new place together, or "
