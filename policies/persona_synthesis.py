@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from policies.atomic_io import atomic_dir
 from policies.config import FrozenConfig
 from policies.situations import Situation, load_situations
-from policies.traits import DEFAULT_EXPERTS
+from policies.traits import DEFAULT_EXPERTS, validate_expert_names
 
 TEMPLATE_VERSION = "persona-cot-v2"  # v2: the conversation opens with a demonstrated exchange in the pole's voice
 
@@ -98,10 +98,13 @@ class SynthesisConfig(FrozenConfig):
     min_words: int = Field(8, ge=1, description="Filter: shorter replies are dropped (and counted).")
     max_words: int = Field(120, ge=1, description="Filter: longer replies are dropped (and counted).")
     max_repeated_trigram_share: float = Field(0.2, ge=0, le=1, description="Filter: repetitive replies dropped.")
-    demonstrations: bool = Field(
-        True, description="Show the teacher a project-written reply in the pole's voice (experts without one get none)."
-    )
+    demonstrations: bool = Field(True, description="Open with a project-written exchange in the pole's voice.")
     seed: int = Field(0, description="Sampling seed.")
+
+    @field_validator("experts")
+    @classmethod
+    def _known_experts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return validate_expert_names(v)  # every pole needs its description and demonstration
 
 
 def _normalise(text: str) -> str:
@@ -201,10 +204,10 @@ class Teacher(Protocol):
 
 
 def opening(expert: str, cfg: SynthesisConfig) -> list[dict[str, str]]:
-    """The demonstrated exchange every conversation of ``expert`` starts with (none if the config turns it off or
-    the pole has no demonstration). As an earlier turn, not inside the instruction: a 135M teacher quoted in the
+    """The demonstrated exchange every conversation of ``expert`` starts with (none if the config turns it off).
+    As an earlier turn, not inside the instruction: a 135M teacher quoted in the
     instruction copied the example's topic into 14% of its replies."""
-    if not cfg.demonstrations or expert not in DEMONSTRATIONS:
+    if not cfg.demonstrations:
         return []
     ask = DEMONSTRATION_ASK.format(description=POLE_DESCRIPTIONS[expert], situation=DEMONSTRATION_SITUATION)
     return [{"role": "user", "content": ask}, {"role": "assistant", "content": DEMONSTRATIONS[expert]}]

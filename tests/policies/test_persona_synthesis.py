@@ -67,14 +67,15 @@ def test_synthesis_writes_one_file_per_expert_with_provenance(tmp_path, tiny_mod
     assert "stop making it about yourself" in manifest["openings"]["agreeableness_low"][1]["content"]
 
 
-def test_each_pole_opens_with_its_own_demonstration_unless_turned_off() -> None:
+def test_each_pole_opens_with_its_own_demonstration_unless_turned_off_and_poles_are_checked() -> None:
     cfg = SynthesisConfig(output_dir="x")
     openings = {e: opening(e, cfg) for e in DEFAULT_EXPERTS}
     assert len(DEMONSTRATIONS) == len(DEFAULT_EXPERTS)
     for expert, turns in openings.items():
         assert [t["role"] for t in turns] == ["user", "assistant"] and turns[1]["content"] == DEMONSTRATIONS[expert]
         assert DEMONSTRATION_SITUATION in turns[0]["content"]
-    assert opening("humour_high", cfg) == []  # a custom pole has no demonstration to show
+    with pytest.raises(ValueError, match="experts: unknown expert"):  # caught before any model loads
+        SynthesisConfig(output_dir="x", experts=("humour_high",))
     assert opening("openness_high", cfg.model_copy(update={"demonstrations": False})) == []
     probe_situations = {s for _, s, _, _ in SITUATIONAL_PROBES}
     assert DEMONSTRATION_SITUATION not in probe_situations  # the evaluation never sees a demonstrated situation
