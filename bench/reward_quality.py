@@ -10,7 +10,8 @@ Measured, side by side in one run:
                question), scored on the held-out questions' pairs; the default reward on those same pairs too
   probe        a ceiling check on the data: a Bradley-Terry linear model on frozen MiniLM embeddings of the answer
                (mean-pooled, 512 tokens, so the whole answer is seen), with and without log(words), 5-fold by
-               question; if it cannot beat "longer wins", the text carries little upvote signal beyond length
+               question, and the same on a bag of words (word choice without length); if these cannot beat
+               "longer wins", the text carries little upvote signal beyond length
 and each component's scoring throughput (pairs/s). Goals: default above the length baseline and >= 0.5
 length-controlled; trained >= 0.65 and above the length baseline on the same held-out pairs.
 
@@ -22,9 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -118,38 +122,69 @@ def embed(texts: list[str], batch: int = 16) -> dict[str, torch.Tensor]:
     return out
 
 
+def bag_of_words(texts: list[str], min_df: int = 2) -> Callable[[str], torch.Tensor]:
+    """A featuriser: log(1 + count) of each word seen in >= ``min_df`` of ``texts``, L2-normalised (so it carries
+    word choice, not length)."""
+    docs = [re.findall(r"[a-z']+", t.lower()) for t in texts]
+    df = Counter(w for d in docs for w in set(d))
+    vocab = {w: i for i, w in enumerate(sorted(w for w, n in df.items() if n >= min_df))}
+
+    def features(text: str) -> torch.Tensor:
+        x = torch.zeros(len(vocab))
+        for word, n in Counter(re.findall(r"[a-z']+", text.lower())).items():
+            if word in vocab:
+                x[vocab[word]] = math.log1p(n)
+        return x / (x.norm() + 1e-6)
+
+    return features
+
+
+def fit_bradley_terry(x: torch.Tensor, l2: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A linear scorer w with x = f(chosen) - f(rejected) rows, minimising mean softplus(-x w) + l2 |w|^2 on
+    standardised features."""
+    scale = x.std(0) + 1e-6
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    optimiser = torch.optim.LBFGS([w], max_iter=200)
+
+    def closure():
+        optimiser.zero_grad()
+        loss = torch.nn.functional.softplus(-(x / scale) @ w).mean() + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    w = w.detach()
+    return lambda f: (f / scale) @ w
+
+
 def content_probe(pairs: list[PairRow], folds: int = 5, l2: float = 0.1, seed: int = 0) -> dict:
-    """Held-out pair accuracy of a linear Bradley-Terry model on frozen answer embeddings, k-fold by question."""
+    """Held-out pair accuracy of linear Bradley-Terry models on fixed answer features, k-fold by question:
+    frozen MiniLM embeddings (with and without log(words)) and a bag of words (its vocabulary from the training
+    folds' answers)."""
     vectors = embed([p.chosen for p in pairs] + [p.rejected for p in pairs])
 
-    def features(text: str, with_length: bool) -> torch.Tensor:
-        length = torch.tensor([math.log(len(text.split()) + 1)]) if with_length else torch.empty(0)
-        return torch.cat([vectors[text], length])
+    def log_words(text: str) -> torch.Tensor:
+        return torch.tensor([math.log(len(text.split()) + 1)])
 
+    featurisers: dict[str, Callable[[list[PairRow]], Callable[[str], torch.Tensor]]] = {
+        "embedding": lambda train: vectors.__getitem__,
+        "embedding+log_words": lambda train: lambda t: torch.cat([vectors[t], log_words(t)]),
+        "bag_of_words": lambda train: bag_of_words([t for p in train for t in (p.chosen, p.rejected)]),
+    }
     questions = sorted({p.group for p in pairs})
     order = torch.randperm(len(questions), generator=torch.Generator().manual_seed(seed)).tolist()
     out = {}
-    for name, with_length in (("embedding", False), ("embedding+log_words", True)):
+    for name, featuriser in featurisers.items():
         chosen, rejected, held_pairs = [], [], []
         for fold in range(folds):
             held = {questions[i] for i in order[fold::folds]}
             train = [p for p in pairs if p.group not in held]
             test = [p for p in pairs if p.group in held]
-            x = torch.stack([features(p.chosen, with_length) - features(p.rejected, with_length) for p in train])
-            scale = x.std(0) + 1e-6
-            w = torch.zeros(x.shape[1], requires_grad=True)
-            optimiser = torch.optim.LBFGS([w], max_iter=200)
-
-            def closure(x=x, scale=scale, w=w, optimiser=optimiser):
-                optimiser.zero_grad()
-                loss = torch.nn.functional.softplus(-(x / scale) @ w).mean() + l2 * w.square().sum()
-                loss.backward()
-                return loss
-
-            optimiser.step(closure)
+            f = featuriser(train)
+            score = fit_bradley_terry(torch.stack([f(p.chosen) - f(p.rejected) for p in train]), l2)
             with torch.no_grad():
-                chosen += [(features(p.chosen, with_length) / scale) @ w for p in test]
-                rejected += [(features(p.rejected, with_length) / scale) @ w for p in test]
+                chosen += [score(f(p.chosen)) for p in test]
+                rejected += [score(f(p.rejected)) for p in test]
             held_pairs += test
         out[name] = pair_metrics(torch.stack(chosen), torch.stack(rejected), held_pairs)
     return {**out, "folds": folds, "l2": l2}
