@@ -43,3 +43,4 @@ bench: setup
 	$(PY) bench/mixture.py
 	$(PY) bench/grpo_step.py
 	$(PY) bench/reward_quality.py
+	$(PY) bench/stage1_traits.py

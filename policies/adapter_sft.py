@@ -9,7 +9,10 @@ default so absent experts stay put). Loss: mean token NLL of the reply given the
     L = -1/N sum_{rows, reply tokens} log pi_e(y_t | x, y_<t)  +  c * S,
     S = mean over layers and expert pairs e != f of cos(vec B_e, vec B_f)^2      (optional specialisation term)
 
-S pushes the experts' output directions apart so two poles do not learn the same edit. The optimizer is torch AdamW,
+S pushes the experts' output directions apart so two poles do not learn the same edit. The optional pole contrast
+(``pole_contrast_coef``, see ``pole_contrast_loss``) adds a DPO-style term per row whose situation the opposite pole
+also answered: the expert should raise its own pole's reply over the opposite pole's, relative to the base. The
+teacher answers every situation in both poles, so the pairs come for free. The optimizer is torch AdamW,
 stepped directly or through a DeepSpeed engine (``zero_stage``, the RL learner's engine), in fp32 or bf16-mixed.
 """
 
@@ -51,6 +54,10 @@ class AdapterSFTConfig(FrozenConfig):
     grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm (0: no clipping).")
     max_tokens: int = Field(320, ge=16, description="Prompt + reply tokens; longer rows are an error.")
     specialisation_coef: float = Field(0.0, ge=0, description="Weight c of the expert-separation term S.")
+    pole_contrast_coef: float = Field(
+        0.0, ge=0, description="Weight of the pole contrast (own pole's reply over the opposite pole's); 0: off."
+    )
+    pole_contrast_beta: float = Field(5.0, gt=0, description="beta of the pole contrast (per-token-mean margins).")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Rows per expert kept out to report NLL.")
     dtype: Literal["fp32", "bf16-mixed"] = Field(
         "fp32", description="bf16-mixed: fp32 weights and AdamW, bf16 autocast matmuls (LM head fp32); ~1.7x on CPU."
@@ -72,6 +79,35 @@ def specialisation_penalty(policy: PersonaFusePolicy) -> Tensor:
         off = ~torch.eye(len(flat), dtype=torch.bool, device=flat.device)
         terms.append(cos[off].square().mean() if off.any() else cos.new_zeros(()))
     return torch.stack(terms).mean()
+
+
+def pole_contrast_loss(own: Tensor, opposite: Tensor, ref_own: Tensor, ref_opposite: Tensor, beta: float) -> Tensor:
+    """DPO's sigmoid loss with the opposite pole's reply to the same situation as the rejected one:
+
+        m = (lp_e(y_own) - lp_ref(y_own)) - (lp_e(y_opp) - lp_ref(y_opp)),   L = mean_pairs softplus(-beta * m)
+
+    lp = mean log-prob per reply token (not DPO's sum, so a pole whose replies run longer is not favoured by length);
+    e = the row's expert alone, ref = the base. All inputs (N,); returns a scalar.
+    """
+    margin = (own - ref_own) - (opposite - ref_opposite)
+    return F.softplus(-beta * margin).mean()
+
+
+def opposite_replies(rows: list[tuple[int, str, str]], experts: tuple[str, ...]) -> dict[tuple[int, str], str]:
+    """(expert index, situation) -> the first reply of the opposite pole of the same trait to that situation, for
+    every row that has one (an expert whose opposite pole is not in the policy has none)."""
+    flip = {"high": "low", "low": "high"}
+    index = {name: e for e, name in enumerate(experts)}
+    first: dict[tuple[int, str], str] = {}
+    for e, situation, reply in rows:
+        first.setdefault((e, situation), reply)
+    out = {}
+    for e, situation, _ in rows:
+        trait, _, pole = experts[e].rpartition("_")
+        other = index.get(f"{trait}_{flip.get(pole, '')}")
+        if other is not None and (other, situation) in first:
+            out[(e, situation)] = first[(other, situation)]
+    return out
 
 
 def load_rows(data_dir: Path, experts: tuple[str, ...]) -> list[tuple[int, str, str]]:
@@ -120,12 +156,58 @@ def encode(policy: PersonaFusePolicy, rows: list[tuple[int, str, str]], max_toke
     }
 
 
-def reply_nll(policy: PersonaFusePolicy, batch: dict[str, Tensor], weights: Tensor | None = None) -> Tensor:
-    """Mean reply-token NLL under ``weights`` (default the batch's one-hot experts; zeros = the base)."""
+def reply_logprobs(policy: PersonaFusePolicy, batch: dict[str, Tensor], weights: Tensor | None = None) -> Tensor:
+    """log pi(y_t | x, y_<t) of the reply tokens (B, T) under ``weights`` (default the batch's one-hot experts;
+    zeros = the base)."""
     T = batch["response_mask"].shape[1]
     w = batch["weights"] if weights is None else weights
-    logprobs = policy.logprobs(batch["input_ids"], batch["attention_mask"], T, w)  # (B, T)
-    return -masked_mean(logprobs, batch["response_mask"])
+    return policy.logprobs(batch["input_ids"], batch["attention_mask"], T, w)
+
+
+def reply_nll(policy: PersonaFusePolicy, batch: dict[str, Tensor], weights: Tensor | None = None) -> Tensor:
+    """Mean reply-token NLL under ``weights`` (default the batch's one-hot experts; zeros = the base)."""
+    return -masked_mean(reply_logprobs(policy, batch, weights), batch["response_mask"])
+
+
+def row_means(logprobs: Tensor, mask: Tensor) -> Tensor:
+    """Per-row mean over the reply tokens: (B, T) -> (B,)."""
+    return (logprobs * mask).sum(1) / mask.sum(1)
+
+
+class PoleContrast:
+    """The pole-contrast term of a batch: finds each row's opposite-pole reply, scores both replies under the row's
+    expert, and caches the base's scores (they do not change during training)."""
+
+    def __init__(self, policy: PersonaFusePolicy, rows: list[tuple[int, str, str]], cfg: AdapterSFTConfig):
+        self.policy, self.cfg = policy, cfg
+        self.opposite = opposite_replies(rows, policy.experts)
+        self.ref: dict[tuple[str, str], float] = {}
+
+    @torch.no_grad()
+    def _ref_means(self, rows: list[tuple[int, str, str]]) -> Tensor:
+        missing = list(dict.fromkeys((s, r) for _, s, r in rows if (s, r) not in self.ref))
+        if missing:
+            batch = encode(self.policy, [(0, s, r) for s, r in missing], self.cfg.max_tokens)
+            with self.policy.adapters_disabled():
+                base = reply_logprobs(self.policy, batch, torch.zeros_like(batch["weights"]))
+            means = row_means(base, batch["response_mask"])
+            self.ref.update(zip(missing, means.tolist(), strict=True))
+        return torch.tensor([self.ref[(s, r)] for _, s, r in rows])
+
+    def __call__(self, rows: list[tuple[int, str, str]], own_logprobs: Tensor, own_mask: Tensor) -> Tensor | None:
+        """The loss over the rows that have a pair (None when none has); ``own_logprobs`` (B, T) are the rows'
+        reply log-probs already computed for the NLL."""
+        keep = [k for k, (e, s, _) in enumerate(rows) if (e, s) in self.opposite]
+        if not keep:
+            return None
+        own_rows = [rows[k] for k in keep]
+        opp_rows = [(e, s, self.opposite[(e, s)]) for e, s, _ in own_rows]
+        opp = encode(self.policy, opp_rows, self.cfg.max_tokens)
+        opposite = row_means(reply_logprobs(self.policy, opp), opp["response_mask"])
+        own = row_means(own_logprobs, own_mask)[keep]
+        return pole_contrast_loss(
+            own, opposite, self._ref_means(own_rows), self._ref_means(opp_rows), self.cfg.pole_contrast_beta
+        )
 
 
 def fresh_policy(cfg: AdapterSFTConfig) -> PersonaFusePolicy:
@@ -220,17 +302,25 @@ def train_adapters(cfg: AdapterSFTConfig) -> Path:
     policy.train()
     step = optimizer_step(cfg, policy)
     before = evaluate(policy, held, cfg) if held else {}
+    contrast = PoleContrast(policy, train, cfg) if cfg.pole_contrast_coef > 0 else None
     start, losses = time.perf_counter(), []
     for epoch in range(cfg.epochs):
         rng.shuffle(train)
         for i in range(0, len(train), cfg.batch_size):
-            batch = encode(policy, train[i : i + cfg.batch_size], cfg.max_tokens)
+            rows = train[i : i + cfg.batch_size]
+            batch = encode(policy, rows, cfg.max_tokens)
+            logged = {"epoch": epoch + 1}
             with bf16_autocast(cfg.dtype == "bf16-mixed"):
-                loss = reply_nll(policy, batch)
+                logprobs = reply_logprobs(policy, batch)
+                loss = -masked_mean(logprobs, batch["response_mask"])
+                pair_loss = contrast(rows, logprobs, batch["response_mask"]) if contrast else None
+            if pair_loss is not None:
+                loss = loss + cfg.pole_contrast_coef * pair_loss
+                logged["pole_contrast"] = pair_loss.item()
             if cfg.specialisation_coef > 0:
                 loss = loss + cfg.specialisation_coef * specialisation_penalty(policy)
             step(loss)
-            losses.append({"epoch": epoch + 1, "loss": loss.item()})
+            losses.append({**logged, "loss": loss.item()})
     policy.eval()
     report = {
         "train_rows": len(train),
@@ -239,6 +329,7 @@ def train_adapters(cfg: AdapterSFTConfig) -> Path:
         "heldout_before": before,
         "heldout_after": evaluate(policy, held, cfg) if held else {},
         "specialisation": specialisation_penalty(policy).item(),
+        "pole_contrast_pairs": len(contrast.opposite) if contrast else 0,
         "losses": losses,
     }
     target = Path(cfg.output_dir)

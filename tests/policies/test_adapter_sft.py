@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
-from policies.adapter_sft import AdapterSFTConfig, specialisation_penalty, split_heldout, train_adapters
+from policies.adapter_sft import (
+    AdapterSFTConfig,
+    opposite_replies,
+    pole_contrast_loss,
+    specialisation_penalty,
+    split_heldout,
+    train_adapters,
+)
 from policies.policy import PersonaFusePolicy
 from tests.conftest import randomize_experts
 
@@ -87,3 +95,40 @@ def test_every_expert_with_two_rows_holds_one_out() -> None:
     assert [sum(r[0] == e for r in held) for e in range(4)] == [1, 1, 0, 3]
     assert len(train) + len(held) == len(rows)
     assert split_heldout(rows, 4, 0.0)[1] == []
+
+
+def test_pole_contrast_loss_matches_hand_values() -> None:
+    # pair 1: m = (-1 - -1.5) - (-2 - -1.5) = 1.0; pair 2: m = (-2 - -1.75) - (-1 - -1) = -0.25; beta = 2
+    loss = pole_contrast_loss(
+        torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -1.0]), torch.tensor([-1.5, -1.75]), torch.tensor([-1.5, -1.0]),
+        beta=2.0,
+    )  # fmt: skip
+    expected = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(0.5))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_opposite_replies_pair_the_two_poles_of_a_trait_on_the_same_situation() -> None:
+    experts = ("openness_high", "openness_low", "extraversion_high")
+    rows = [
+        (0, "s1", "curious"), (1, "s1", "plain"), (1, "s1", "plain again"),  # s1: both openness poles
+        (0, "s2", "curious too"),  # s2: only the high pole answered
+        (2, "s1", "loud"),  # extraversion_low is not in the policy
+    ]  # fmt: skip
+    assert opposite_replies(rows, experts) == {(0, "s1"): "plain", (1, "s1"): "curious"}
+
+
+@pytest.mark.slow
+def test_pole_contrast_starts_at_log2_and_separates_the_poles(tmp_path, tiny_model_dir) -> None:
+    """Fresh experts equal the base, so every margin is 0 and the first contrast loss is log 2; training drives it
+    down (each pole's reply gains on the opposite pole's)."""
+    experts = ("openness_high", "openness_low")
+    cfg = AdapterSFTConfig(
+        base_model=str(tiny_model_dir), experts=experts, data_dir=str(_data(tmp_path, experts)),
+        output_dir=str(tmp_path / "out"), epochs=4, batch_size=8, lr=1e-2, heldout_fraction=0.0,
+        pole_contrast_coef=1.0, pole_contrast_beta=5.0,
+    )  # fmt: skip
+    report = json.loads((train_adapters(cfg) / "sft_report.json").read_text())
+    assert report["pole_contrast_pairs"] == 40  # 20 situations, each answered by both poles
+    contrast = [entry["pole_contrast"] for entry in report["losses"]]
+    assert contrast[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert contrast[-1] < 0.1
