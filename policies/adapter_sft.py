@@ -110,6 +110,26 @@ def opposite_replies(rows: list[tuple[int, str, str]], experts: tuple[str, ...])
     return out
 
 
+def read_persona_file(path: Path) -> list[tuple[str, str]]:
+    """(situation, reply) of every row of one expert's persona JSONL; a malformed row is an error naming file and
+    line."""
+    pairs = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {lineno}: not JSON ({err.msg})") from None
+        if not (
+            isinstance(row, dict)
+            and isinstance(row.get("situation"), str)
+            and isinstance(row.get("reply"), str)
+            and row["reply"].strip()
+        ):
+            raise ValueError(f"{path}: line {lineno}: needs non-empty 'situation' and 'reply' strings")
+        pairs.append((row["situation"], row["reply"]))
+    return pairs
+
+
 def load_rows(data_dir: Path, experts: tuple[str, ...]) -> list[tuple[int, str, str]]:
     """(expert index, situation, reply) for every row of every expert file; a missing file is an error."""
     rows = []
@@ -117,13 +137,7 @@ def load_rows(data_dir: Path, experts: tuple[str, ...]) -> list[tuple[int, str, 
         path = data_dir / f"{name}.jsonl"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no persona data for expert {name} (run jobs/synthesize_persona_data.py)")
-        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-            row = json.loads(line)
-            if not (
-                isinstance(row.get("situation"), str) and isinstance(row.get("reply"), str) and row["reply"].strip()
-            ):
-                raise ValueError(f"{path}: line {lineno}: needs non-empty 'situation' and 'reply' strings")
-            rows.append((e, row["situation"], row["reply"]))
+        rows += [(e, situation, reply) for situation, reply in read_persona_file(path)]
     return rows
 
 
@@ -178,8 +192,8 @@ class PoleContrast:
     """The pole-contrast term of a batch: finds each row's opposite-pole reply, scores both replies under the row's
     expert, and caches the base's scores (they do not change during training)."""
 
-    def __init__(self, policy: PersonaFusePolicy, rows: list[tuple[int, str, str]], cfg: AdapterSFTConfig):
-        self.policy, self.cfg = policy, cfg
+    def __init__(self, policy: PersonaFusePolicy, rows: list[tuple[int, str, str]], beta: float, max_tokens: int):
+        self.policy, self.beta, self.max_tokens = policy, beta, max_tokens
         self.opposite = opposite_replies(rows, policy.experts)
         self.ref: dict[tuple[str, str], float] = {}
 
@@ -187,7 +201,7 @@ class PoleContrast:
     def _ref_means(self, rows: list[tuple[int, str, str]]) -> Tensor:
         missing = list(dict.fromkeys((s, r) for _, s, r in rows if (s, r) not in self.ref))
         if missing:
-            batch = encode(self.policy, [(0, s, r) for s, r in missing], self.cfg.max_tokens)
+            batch = encode(self.policy, [(0, s, r) for s, r in missing], self.max_tokens)
             with self.policy.adapters_disabled():
                 base = reply_logprobs(self.policy, batch, torch.zeros_like(batch["weights"]))
             means = row_means(base, batch["response_mask"])
@@ -202,12 +216,10 @@ class PoleContrast:
             return None
         own_rows = [rows[k] for k in keep]
         opp_rows = [(e, s, self.opposite[(e, s)]) for e, s, _ in own_rows]
-        opp = encode(self.policy, opp_rows, self.cfg.max_tokens)
+        opp = encode(self.policy, opp_rows, self.max_tokens)
         opposite = row_means(reply_logprobs(self.policy, opp), opp["response_mask"])
         own = row_means(own_logprobs, own_mask)[keep]
-        return pole_contrast_loss(
-            own, opposite, self._ref_means(own_rows), self._ref_means(opp_rows), self.cfg.pole_contrast_beta
-        )
+        return pole_contrast_loss(own, opposite, self._ref_means(own_rows), self._ref_means(opp_rows), self.beta)
 
 
 def fresh_policy(cfg: AdapterSFTConfig) -> PersonaFusePolicy:
@@ -302,7 +314,9 @@ def train_adapters(cfg: AdapterSFTConfig) -> Path:
     policy.train()
     step = optimizer_step(cfg, policy)
     before = evaluate(policy, held, cfg) if held else {}
-    contrast = PoleContrast(policy, train, cfg) if cfg.pole_contrast_coef > 0 else None
+    contrast = (
+        PoleContrast(policy, train, cfg.pole_contrast_beta, cfg.max_tokens) if cfg.pole_contrast_coef > 0 else None
+    )
     start, losses = time.perf_counter(), []
     for epoch in range(cfg.epochs):
         rng.shuffle(train)

@@ -278,17 +278,37 @@ def plot_routing(routing: dict[str, list[float]], experts: tuple[str, ...], path
     plt.close(fig)
 
 
-def report_markdown(report: dict) -> str:
-    """report.md: every section of report.json as short tables."""
-    lines = [f"# Evaluation of {report['policy']}", ""]
-    for measure, table in report.get("trait_directions", {}).items():
-        right = sum(r["right_direction"] for r in table)
-        lines += [f"## Trait expression, {measure.replace('_', ' ')} ({right}/{len(table)} experts move their trait "
-                  "the right way)", "", "| expert | base | with expert | delta | right direction |",
+def _right(table: list[dict]) -> str:
+    return f"{sum(r['right_direction'] for r in table)}/{len(table)}"
+
+
+def _trait_tables(tables: dict[str, list[dict]], suffix: str = "") -> list[str]:
+    lines = []
+    for measure, table in tables.items():
+        lines += [f"## Trait expression, {measure.replace('_', ' ')}{suffix} ({_right(table)} experts move their "
+                  "trait the right way)", "", "| expert | base | with expert | delta | right direction |",
                   "|---|---|---|---|---|"]  # fmt: skip
         lines += [f"| {r['expert']} | {r['base']:.3f} | {r['with_expert']:.3f} | {r['delta']:+.3f} | "
                   f"{'yes' if r['right_direction'] else 'no'} |" for r in table]  # fmt: skip
         lines.append("")
+    return lines
+
+
+def report_markdown(report: dict) -> str:
+    """report.md: every section of report.json as short tables."""
+    lines = [f"# Evaluation of {report['policy']}", ""]
+    references = report.get("trait_references", {})
+    if references:
+        labels = list(references)
+        header = f"| measure | {' | '.join(labels)} | this policy |"
+        lines += ["## Experts moving their trait the right way", "", header, "|---|" + "---|" * (len(labels) + 1)]
+        for measure, table in report["trait_directions"].items():
+            counts = [_right(references[label]["trait_directions"][measure]) for label in labels]
+            lines.append(f"| {measure.replace('_', ' ')} | {' | '.join(counts)} | {_right(table)} |")
+        lines.append("")
+    lines += _trait_tables(report.get("trait_directions", {}))
+    for label, reference in references.items():
+        lines += _trait_tables(reference["trait_directions"], f", {label}")
     for section in ("multiple_choice", "reasoning", "win_rate", "safety"):
         if report.get(section):
             lines += ["", f"## {section.replace('_', ' ')}", "", "```", json.dumps(report[section], indent=2), "```"]

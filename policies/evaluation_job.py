@@ -42,6 +42,11 @@ class EvaluationConfig(FrozenConfig):
     situations: str = Field("builtin", description="Situations for routing and win rate (held-out split).")
     max_win_rate_prompts: int = Field(20, ge=1, description="Held-out situations used for the win rate.")
     max_new_tokens: int = Field(64, ge=1, description="Reply length for win rate and safety.")
+    trait_references: dict[str, str] = Field(
+        default_factory=dict,
+        description="Other policy folders (label -> folder) whose trait-direction tables the report shows beside this "
+        "policy's; jobs/pipeline.py adds stage 1's experts as 'after stage 1'.",
+    )
     sections: tuple[str, ...] = Field(
         ("traits", "multiple_choice", "reasoning", "win_rate", "safety", "routing"), description="What to run."
     )
@@ -104,9 +109,19 @@ def run_evaluation(cfg: EvaluationConfig) -> Path:
         timings[name] = time.perf_counter() - start
         return result
 
+    def traits_of(p: PersonaFusePolicy, prefix: str = "") -> dict[str, list[dict]]:
+        return {m: timed(f"traits:{prefix}{m}", lambda m=m: trait_direction_table(p, m)) for m in MEASURES}
+
     if "traits" in cfg.sections:
-        report["trait_directions"] = {
-            m: timed(f"traits:{m}", lambda m=m: trait_direction_table(policy, m)) for m in MEASURES
+        report["trait_directions"] = traits_of(policy)
+        report["trait_references"] = {
+            label: {
+                "policy": folder,
+                "trait_directions": traits_of(
+                    PersonaFusePolicy.from_pretrained(folder, base_model=cfg.base_model).eval(), f"{label}:"
+                ),
+            }
+            for label, folder in cfg.trait_references.items()
         }
     for section, items_by_file in files.items():
         if items_by_file:

@@ -77,6 +77,25 @@ class KLConfig(FrozenConfig):
     )
 
 
+class PoleAnchorConfig(FrozenConfig):
+    """Stage 1b's pole contrast added to every RL optimizer step (rlhf/pole_anchor.py), so that RL cannot blur the
+    two poles of a trait into whatever the reward favours."""
+
+    coef: float = Field(0.0, ge=0, description="Weight of the pole contrast in each optimizer step's loss (0 = off).")
+    data_dir: str | None = Field(
+        None, description="Stage 1a persona data, one <expert>.jsonl per expert (jobs/pipeline.py sets it)."
+    )
+    pairs_per_step: int = Field(4, ge=1, description="(own reply, opposite pole's reply) pairs per step and rank.")
+    beta: float = Field(5.0, gt=0, description="beta of the contrast on per-token-mean margins, as in stage 1b.")
+    max_tokens: int = Field(320, ge=16, description="Prompt + reply tokens of a pair row; longer is an error.")
+
+    @model_validator(mode="after")
+    def _has_data(self) -> PoleAnchorConfig:
+        if self.coef > 0 and not self.data_dir:
+            raise ValueError("data_dir must name stage 1a's persona data folder when coef > 0")
+        return self
+
+
 class AlgorithmConfig(FrozenConfig):
     name: Literal["grpo", "ppo"] = Field("grpo", description="grpo (group advantages) or ppo (critic + GAE).")
     scale_by_std: bool = Field(True, description="GRPO: divide by the group std (false = Dr.GRPO).")
@@ -89,6 +108,9 @@ class AlgorithmConfig(FrozenConfig):
         0.0, ge=0, description="Weight of KL(router at the run's start || router now) per prompt: keeps stage 2's "
         "situation -> trait map while RL adjusts it (0 = off).",
     )  # fmt: skip
+    pole_anchor: PoleAnchorConfig = Field(
+        default_factory=PoleAnchorConfig, description="Keeps each trait's poles apart during RL (off by default)."
+    )
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-sum-const"] = Field(
         "token-mean", description="How the per-token loss becomes a scalar."
     )

@@ -26,6 +26,7 @@ from rlhf.config import JobConfig
 from rlhf.critic import ValueHead
 from rlhf.kl import get_kl_estimator
 from rlhf.masked import masked_mean
+from rlhf.pole_anchor import PersonaData, PoleAnchor
 from rlhf.policy_loss import entropy_from_logits, policy_loss, value_loss
 from rlhf.router_losses import router_anchor_kl
 from rlhf.sync import AdapterState, snapshot
@@ -111,6 +112,13 @@ class Learner:
         self.rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self.kl_estimator = get_kl_estimator(cfg.algorithm.kl.estimator)
         self.mixed_bf16 = cfg.learner.dtype == "bf16-mixed"
+        self.pole_anchor: PoleAnchor | None = None
+        self.anchor_index = 0  # block of pole-anchor pairs for the next optimizer step
+
+    def set_pole_anchor(self, data: PersonaData) -> int:
+        """Turns on ``algorithm.pole_anchor`` with stage 1a's persona data; returns the number of paired rows."""
+        self.pole_anchor = PoleAnchor(self.policy, data, self.cfg.algorithm.pole_anchor, seed=self.cfg.run.seed)
+        return len(self.pole_anchor.rows)
 
     def micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
         size = self.cfg.learner.micro_batch_size
@@ -154,7 +162,9 @@ class Learner:
         minibatches = shard.shards(algo.minibatches)
         losses: list[float] = []
         sums: dict[str, float] = {}
-        micro_steps = 0
+        seen: dict[str, int] = {}  # micro-steps that reported each metric (pole_anchor/*: one per optimizer step)
+        # Each rank takes its own blocks, numbered by optimizer steps so far, so a resumed run sees the same pairs.
+        self.anchor_index = self.version * algo.ppo_epochs * algo.minibatches * self.world_size + self.rank
         for _ in range(algo.ppo_epochs):
             for minibatch, count in zip(minibatches, counts, strict=True):
                 losses.append(0.0)
@@ -163,9 +173,9 @@ class Learner:
                     losses[-1] += metrics.pop("loss")
                     for key, value in metrics.items():
                         sums[key] = sums.get(key, 0.0) + value
-                    micro_steps += 1
+                        seen[key] = seen.get(key, 0) + 1
         self.version += 1
-        means = {k: v / micro_steps for k, v in sums.items()}
+        means = {k: v / seen[k] for k, v in sums.items()}
         return {"loss": sum(losses) / len(losses), **means, "actor/lr": self.scheduler.get_last_lr()[-1]}
 
     def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, float]:
@@ -209,7 +219,9 @@ class Learner:
             anchor_kl = router_anchor_kl(routed.probs, self.anchor_router(features).probs)
             router_terms = router_terms + algo.router_anchor_coef * anchor_kl
         loss = loss + router_terms * len(mb) / minibatch_rows
-        self.engine.backward(loss * self.grad_accum)  # DeepSpeed divides by grad_accum; the counts already did
+        anchor = self._pole_anchor_loss() if self.engine.is_gradient_accumulation_boundary() else None
+        total = loss if anchor is None else loss + algo.pole_anchor.coef * anchor
+        self.engine.backward(total * self.grad_accum)  # DeepSpeed divides by grad_accum; the counts already did
         self.engine.step()
         return {
             "loss": loss.item(),
@@ -218,8 +230,18 @@ class Learner:
             "clip_frac": metrics["actor/clip_frac"].item(),
             "router/aux_loss": routed.aux_loss.item(),
             **({"router/anchor_kl": anchor_kl.item()} if anchor_kl is not None else {}),
+            **({"pole_anchor/loss": anchor.item()} if anchor is not None else {}),
             **critic_metrics,
         }
+
+    def _pole_anchor_loss(self) -> Tensor | None:
+        """Once per optimizer step (on its last micro-batch): the pole contrast on this rank's next block of pairs."""
+        if self.pole_anchor is None:
+            return None
+        with bf16_autocast(self.mixed_bf16):
+            loss = self.pole_anchor.loss(self.anchor_index)
+        self.anchor_index += self.world_size
+        return loss
 
     def adapter_state(self) -> AdapterState:
         dtype = torch.bfloat16 if self.cfg.rollout.sync_dtype == "bf16" else None

@@ -13,6 +13,7 @@ from torch import Tensor
 from rlhf.batch import RolloutBatch
 from rlhf.config import JobConfig
 from rlhf.learner import Learner, MinibatchCounts, init_distributed
+from rlhf.pole_anchor import PersonaData
 from rlhf.sync import AdapterState
 
 
@@ -36,6 +37,9 @@ class LearnerActor:
     def setup(self, master_addr: str, master_port: int) -> None:
         init_distributed(self.rank, self.world_size, master_addr, master_port)
         self.learner = Learner(self.cfg, self.world_size)
+
+    def set_pole_anchor(self, data: PersonaData) -> int:
+        return self.learner.set_pole_anchor(data)
 
     def score(self, shard: RolloutBatch) -> dict[str, Tensor]:
         return self.learner.score(shard)

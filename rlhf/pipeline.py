@@ -51,6 +51,7 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, FrozenConfig]:
         "rl": load_config(
             cfg.rl_config,
             [
+                f"algorithm.pole_anchor.data_dir={data}",  # used when the preset turns the anchor on
                 *cfg.rl,
                 f"policy.init_from={router / 'policy'}",
                 f"policy.base_model={cfg.base_model}",
@@ -59,7 +60,12 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, FrozenConfig]:
             ],
         ),
         "evaluation": EvaluationConfig.model_validate(
-            {**cfg.evaluation, "policy": str(rl / "policy"), "output_dir": str(root / "evaluation")}
+            {
+                "trait_references": {"after stage 1": str(adapters / "policy")},  # the goal is stated after stage 1
+                **cfg.evaluation,
+                "policy": str(rl / "policy"),
+                "output_dir": str(root / "evaluation"),
+            }
         ),
     }
 

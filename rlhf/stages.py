@@ -16,6 +16,7 @@ from rlhf.kl import get_kl_estimator, kl_shaped_token_rewards
 from rlhf.learner import MinibatchCounts
 from rlhf.masked import masked_mean, masked_sum, masked_whiten
 from rlhf.placement import ActorGroups
+from rlhf.pole_anchor import PersonaData
 from rlhf.prompts import PromptRecord
 
 
@@ -24,6 +25,12 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     timings[f"timing/{stage}"] = time.perf_counter() - start
+
+
+def set_pole_anchor(actors: ActorGroups, data: PersonaData) -> None:
+    """Hands stage 1a's persona data (text, through the object store) to every learner rank."""
+    ref = ray.put(data)
+    ray.get([learner.set_pole_anchor.remote(ref) for learner in actors.learners])
 
 
 def generate(actors: ActorGroups, records: list[PromptRecord], version: int, seed: int) -> RolloutBatch:

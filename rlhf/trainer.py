@@ -17,6 +17,7 @@ from rewards.compose import RewardComposer
 from rlhf import learner_state, stages
 from rlhf.config import JobConfig
 from rlhf.placement import ActorGroups, create_actors, release, start_ray
+from rlhf.pole_anchor import load_persona_data
 from rlhf.prompts import PromptStream, load_prompts
 from rlhf.tracking import Tracker
 
@@ -110,9 +111,13 @@ def fit(cfg: JobConfig, resume: str | None = None) -> Path:
     records = load_prompts(cfg.data.path, system_prompt=cfg.data.system_prompt)
     stream = PromptStream(records, cfg.data.prompts_per_step, seed=cfg.run.seed)
     composer = RewardComposer(cfg.rewards)
+    anchor = cfg.algorithm.pole_anchor
+    persona_data = load_persona_data(anchor.data_dir) if anchor.coef > 0 else None
     start_ray(cfg)
     actors = create_actors(cfg)
     try:
+        if persona_data is not None:
+            stages.set_pole_anchor(actors, persona_data)
         start, version = restore_checkpoint(actors, checkpoint, stream, composer) if checkpoint else (0, 0)
         train(cfg, actors, stream, composer, run_dir, start, version)
     finally:

@@ -12,6 +12,7 @@ from tests.conftest import randomize_experts
 
 @pytest.mark.slow
 def test_report_has_every_section(tmp_path, tiny_policy) -> None:
+    tiny_policy.save_pretrained(tmp_path / "fresh")  # experts still equal the base: no trait moves
     randomize_experts(tiny_policy, std=0.2)
     tiny_policy.save_pretrained(tmp_path / "policy")
     mc = tmp_path / "mc.jsonl"
@@ -22,7 +23,7 @@ def test_report_has_every_section(tmp_path, tiny_policy) -> None:
     cfg = EvaluationConfig(
         policy=str(tmp_path / "policy"), output_dir=str(tmp_path / "eval"), multiple_choice=(str(mc),),
         reasoning=(str(mc), str(short)), win_rate_reward="length", win_rate_options={"min_words": 1, "max_words": 5},
-        max_win_rate_prompts=3, max_new_tokens=6,
+        max_win_rate_prompts=3, max_new_tokens=6, trait_references={"fresh": str(tmp_path / "fresh")},
     )  # fmt: skip
     out = run_evaluation(cfg)
     report = json.loads((out / "report.json").read_text())
@@ -33,8 +34,12 @@ def test_report_has_every_section(tmp_path, tiny_policy) -> None:
     assert [len(report["trait_directions"][m]) for m in ("self_report", "situational")] == [10, 10]
     assert 0.0 <= report["win_rate"]["win_rate"] <= 1.0
     assert set(report["safety"]) == {"policy", "base"} and len(report["routing"]) == 7  # the 7 categories
+    fresh = report["trait_references"]["fresh"]["trait_directions"]
+    assert [sum(r["right_direction"] for r in fresh[m]) for m in ("self_report", "situational")] == [0, 0]
+    assert fresh["situational"] != report["trait_directions"]["situational"]
     markdown = (out / "report.md").read_text()
     assert "Trait expression" in markdown and "routing_heatmap.png" in markdown
+    assert "| situational | 0/10 |" in markdown and "## Trait expression, situational, fresh (0/10" in markdown
     assert (out / "trait_directions.png").is_file() and (out / "routing_heatmap.png").is_file()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ray
 import torch
 
@@ -102,3 +104,42 @@ def test_router_anchor_holds_the_router_near_its_start(ray_local, tiny_model_dir
     assert "router/anchor_kl" not in free and held["router/anchor_kl"] > 0  # mean of 0 (step 1) and positives
     drift = {"free": moved(s_free), "held": moved(s_held)}
     assert drift["held"] < 0.5 * drift["free"], drift
+
+
+def test_pole_anchor_keeps_the_poles_apart(ray_local, tiny_model_dir, tmp_path) -> None:
+    """algorithm.pole_anchor: reported once per optimizer step, log 2 on the first (fresh experts equal the base),
+    and with a strong anchor the experts end the update with the poles further apart than without it."""
+    from rlhf.build import build_policy
+    from rlhf.pole_anchor import PoleAnchor, load_persona_data
+    from rlhf.sync import load_snapshot
+    from tests.rlhf.test_pole_anchor import write_persona_data
+
+    write_persona_data(tmp_path / "data")
+    data = load_persona_data(tmp_path / "data")
+    overrides = tiny_overrides(
+        tiny_model_dir, "learner.micro_batch_size=4", "learner.lr=0.02", "algorithm.ppo_epochs=3",
+        f"algorithm.pole_anchor.data_dir={tmp_path / 'data'}", "algorithm.pole_anchor.pairs_per_step=6",
+    )  # fmt: skip
+    batch = sample_batch(overrides)
+    runs = {}
+    for coef in (0, 5):
+        cfg = load_config(None, [*overrides, f"algorithm.pole_anchor.coef={coef}"])
+        actors = create_actors(cfg)
+        if coef:
+            stages.set_pole_anchor(actors, data)
+        b = batch.select(slice(None))
+        stages.score(actors, b)
+        stages.compute_advantages(b, cfg.algorithm)
+        runs[coef] = (stages.update(actors, b, cfg), ray.get(actors.learners[0].adapter_state.remote()))
+        release(actors)
+    assert "pole_anchor/loss" not in runs[0][0]
+    assert 0 < runs[5][0]["pole_anchor/loss"] < math.log(2)  # mean of log 2 (step 1) and two lower steps
+
+    policy = build_policy(load_config(None, overrides))
+    anchor = PoleAnchor(policy, data, load_config(None, overrides).algorithm.pole_anchor, seed=0)
+    after = {}
+    for coef, (_, state) in runs.items():
+        load_snapshot(policy, state)
+        with torch.no_grad():
+            after[coef] = sum(anchor.loss(i).item() for i in range(5))
+    assert after[5] < after[0] - 0.5, after

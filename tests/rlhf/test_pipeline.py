@@ -18,7 +18,8 @@ def _config(tmp_path, tiny_model_dir) -> PipelineConfig:
         "adapters": {"epochs": 1, "batch_size": 10, "max_tokens": 512},
         "router": {"epochs": 5},
         "rl_config": "configs/tiny_test.yaml",
-        "rl": ["run.steps=1", "rewards.components=[{name: length, weight: 1}]", "rewards.safety=[]"],
+        "rl": ["run.steps=1", "rewards.components=[{name: length, weight: 1}]", "rewards.safety=[]",
+               "algorithm.pole_anchor.coef=1.0", "algorithm.pole_anchor.pairs_per_step=2"],
         "evaluation": {"sections": ["traits", "win_rate", "routing"], "win_rate_reward": "length",
                        "max_win_rate_prompts": 2, "max_new_tokens": 4},
     })  # fmt: skip
@@ -29,6 +30,7 @@ def test_every_stage_config_is_validated_up_front(tmp_path, tiny_model_dir) -> N
     assert list(configs) == ["persona_data", "adapters", "router", "rl", "evaluation"]
     assert configs["router"].init_from.endswith("adapters/policy")
     assert configs["rl"].policy.init_from.endswith("router/policy")
+    assert configs["rl"].algorithm.pole_anchor.data_dir == configs["adapters"].data_dir  # stage 1a's replies
     bad = _config(tmp_path, tiny_model_dir).model_copy(update={"adapters": {"epoch": 1}})
     with pytest.raises(ValueError, match="epoch"):
         stage_configs(bad)
@@ -46,6 +48,8 @@ def test_pipeline_runs_end_to_end_and_resumes(ray_local, tmp_path, tiny_model_di
     )  # fmt: skip
     for path in outputs:
         assert (root / path).is_file(), path
+    metrics = json.loads((root / "rl/metrics.jsonl").read_text().splitlines()[0])
+    assert metrics["pole_anchor/loss"] > 0  # RL kept stage 1's pole contrast in its loss
     report = json.loads((root / "evaluation/report.json").read_text())
     assert len(report["trait_directions"]["situational"]) == 10
     again = run_pipeline(cfg)
