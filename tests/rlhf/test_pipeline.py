@@ -31,6 +31,7 @@ def test_every_stage_config_is_validated_up_front(tmp_path, tiny_model_dir) -> N
     assert configs["router"].init_from.endswith("adapters/policy")
     assert configs["rl"].policy.init_from.endswith("router/policy")
     assert configs["rl"].algorithm.pole_anchor.data_dir == configs["adapters"].data_dir  # stage 1a's replies
+    assert configs["evaluation"].trait_references == {"after stage 1": str(tmp_path / "pipe/adapters/policy")}
     bad = _config(tmp_path, tiny_model_dir).model_copy(update={"adapters": {"epoch": 1}})
     with pytest.raises(ValueError, match="epoch"):
         stage_configs(bad)
