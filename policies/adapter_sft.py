@@ -141,18 +141,18 @@ def load_rows(data_dir: Path, experts: tuple[str, ...]) -> list[tuple[int, str, 
     return rows
 
 
+def tokenize_row(policy: PersonaFusePolicy, situation: str, reply: str) -> tuple[list[int], list[int]]:
+    """(chat-templated prompt ids, reply ids + EOS) of one row."""
+    tok = policy.tokenizer
+    chat = tok.apply_chat_template([{"role": "user", "content": situation}], add_generation_prompt=True, tokenize=False)
+    prompt = tok(chat, add_special_tokens=False).input_ids
+    return prompt, [*tok(reply, add_special_tokens=False).input_ids, tok.eos_token_id]
+
+
 def encode(policy: PersonaFusePolicy, rows: list[tuple[int, str, str]], max_tokens: int) -> dict[str, Tensor]:
     """Left-padded prompts + right-padded replies (+ EOS) and one-hot weights (B, E), the RL batch layout."""
     tok = policy.tokenizer
-    prompts, replies = [], []
-    for _, situation, reply in rows:
-        chat = [{"role": "user", "content": situation}]
-        prompts.append(
-            tok(
-                tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False), add_special_tokens=False
-            ).input_ids
-        )
-        replies.append([*tok(reply, add_special_tokens=False).input_ids, tok.eos_token_id])
+    prompts, replies = zip(*(tokenize_row(policy, situation, reply) for _, situation, reply in rows), strict=True)
     for i, (p, r) in enumerate(zip(prompts, replies, strict=True)):
         if len(p) + len(r) > max_tokens:
             raise ValueError(f"row {i}: {len(p) + len(r)} tokens, more than max_tokens={max_tokens}")

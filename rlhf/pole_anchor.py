@@ -20,7 +20,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from policies.adapter_sft import PoleContrast, encode, read_persona_file, reply_logprobs
+from policies.adapter_sft import PoleContrast, encode, read_persona_file, reply_logprobs, tokenize_row
 from policies.policy import PersonaFusePolicy
 from rlhf.config import PoleAnchorConfig
 
@@ -50,6 +50,14 @@ class PoleAnchor:
                 f"algorithm.pole_anchor.data_dir={cfg.data_dir}: the files must match the policy's experts "
                 f"{list(policy.experts)}; missing {missing}, unexpected {unknown}"
             )
+        for name in policy.experts:  # every row is someone's own or opposite reply: check all before training
+            for line, (situation, reply) in enumerate(data[name], start=1):
+                prompt, answer = tokenize_row(policy, situation, reply)
+                if len(prompt) + len(answer) > cfg.max_tokens:
+                    raise ValueError(
+                        f"{cfg.data_dir}/{name}.jsonl: line {line}: {len(prompt) + len(answer)} tokens, more than "
+                        f"algorithm.pole_anchor.max_tokens={cfg.max_tokens}"
+                    )
         rows = [(e, s, r) for e, name in enumerate(policy.experts) for s, r in data[name]]
         self.policy, self.pairs_per_step = policy, cfg.pairs_per_step
         self.contrast = PoleContrast(policy, rows, cfg.beta, cfg.max_tokens)

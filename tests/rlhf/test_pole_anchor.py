@@ -60,3 +60,6 @@ def test_anchor_pairs_rows_cycles_blocks_and_starts_at_log2(tmp_path, tiny_polic
         PoleAnchor(tiny_policy, data, cfg, seed=0)
     with pytest.raises(ValueError, match=r"unexpected \['openness_mid'\]"):
         PoleAnchor(tiny_policy, {**data, "neuroticism_low": [], "openness_mid": []}, cfg, seed=0)
+    long = {**data, "neuroticism_low": [("Tell me about day 0.", "very " * 400)]}
+    with pytest.raises(ValueError, match=r"neuroticism_low\.jsonl: line 1: \d+ tokens, more than .*max_tokens=320"):
+        PoleAnchor(tiny_policy, long, cfg, seed=0)
