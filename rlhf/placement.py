@@ -92,7 +92,9 @@ def create_actors(cfg: JobConfig) -> ActorGroups:
 
 
 def release(actors: ActorGroups) -> None:
-    """Kills the actors and frees their placement group, so the cluster can host the next job."""
+    """Kills the actors and frees their placement group, so the cluster can host the next job. The rollout actors
+    first delete their adapter files: a killed actor runs no cleanup, and a dead or hung one is not waited on."""
+    ray.wait([rollout.close.remote() for rollout in actors.rollouts], num_returns=len(actors.rollouts), timeout=60)
     for actor in actors.learners + actors.rollouts:
         ray.kill(actor)
     ray.util.remove_placement_group(actors.group)

@@ -61,6 +61,9 @@ class HFEngine:
         response_mask = response_mask_until_eos(response_ids, tok.eos_token_id)
         return response_ids, response_mask, logprobs * response_mask
 
+    def close(self) -> None:
+        """Nothing to free: this engine writes no files."""
+
 
 class RolloutWorker:
     """Plain class (the Ray actor in rollout_actor.py only delegates to it)."""
@@ -81,6 +84,9 @@ class RolloutWorker:
             raise StaleWeightsError(f"rollout has weights v{self.version}; refusing older v{state.version}")
         load_snapshot(self.policy, state)
         self.version = state.version
+
+    def close(self) -> None:
+        self.engine.close()
 
     def generate(self, records: list[PromptRecord], group_offset: int, version: int, seed: int) -> RolloutBatch:
         """G samples for each prompt record; ``version`` must be the weights this worker holds."""

@@ -26,5 +26,8 @@ class RolloutActor:
         self.worker.set_weights(state)
         return state.version
 
+    def close(self) -> None:
+        self.worker.close()
+
     def generate(self, records: list[PromptRecord], group_offset: int, version: int, seed: int) -> RolloutBatch:
         return self.worker.generate(records, group_offset, version, seed)

@@ -48,7 +48,7 @@ class VLLMEngine:
         active = router.top_k or len(policy.experts)
         self.max_rank = vllm_rank(active * policy.config.rank)
         self.folder = Path(tempfile.mkdtemp(prefix="personafuse-lora-"))
-        weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
+        self._remove_folder = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
         self.ids = itertools.count(1)
         self.loaded: list[int] = []
         prompts_here = cfg.data.prompts_per_step // cfg.rollout.num_actors
@@ -64,6 +64,10 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",  # after temperature: the distribution the sample came from
             seed=cfg.run.seed,
         )
+
+    def close(self) -> None:
+        """Deletes the adapter folders now: Ray kills an actor without running finalizers (placement.release)."""
+        self._remove_folder()
 
     def _lora_requests(self, weights: Tensor, version: int) -> list:
         from vllm.lora.request import LoRARequest

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +34,9 @@ def test_two_grpo_steps(ray_local, tiny_model_dir, tmp_path, engine) -> None:
     rewards = "rewards.components=[{name: validation, weight: 1}, {name: chars_for_tests, weight: 1}]"
     overrides = tiny_job_overrides(tiny_model_dir, tmp_path, f"rollout.engine={engine}", rewards)
     cfg = load_config("configs/tiny_test.yaml", overrides)
+    adapter_folders = set(Path(tempfile.gettempdir()).glob("personafuse-lora-*"))
     run_dir = fit(cfg)
+    assert set(Path(tempfile.gettempdir()).glob("personafuse-lora-*")) <= adapter_folders  # vLLM's are deleted
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for key in REQUIRED:

@@ -35,8 +35,11 @@ def main() -> None:
     gap = ((relogged - batch.rollout_logprobs) * batch.response_mask).abs().max().item()
     worker.set_weights(snapshot(worker.policy, version=1))  # the next version's adapters replace the first's on disk
     worker.generate(load_prompts("builtin")[:2], 0, 1, seed=4)
+    folders = sorted(p.name for p in worker.engine.folder.iterdir())
+    worker.close()
     result = {
-        "adapter_folders": sorted(p.name for p in worker.engine.folder.iterdir()),
+        "adapter_folders": folders,
+        "folder_left_after_close": worker.engine.folder.exists(),
         "shape": list(batch.response_ids.shape),
         "max_logprob_gap": gap,
         "tokens": int(batch.response_mask.sum()),
