@@ -234,11 +234,11 @@ class PersonaFusePolicy(nn.Module):
         return [Reply(t.strip(), w.float().cpu(), self.experts) for t, w in zip(texts, weights, strict=True)]
 
     # ---- training controls ------------------------------------------------------------------------------
-    def set_trainable(self, router: bool = True, experts: bool = True) -> None:
-        """Chooses what trains; the base never does."""
+    def set_trainable(self, router: bool = True, experts: bool = True, lora_a: bool = True) -> None:
+        """Chooses what trains; the base never does. ``lora_a=False`` trains the experts' B only (LoRA-FA)."""
         self.router.requires_grad_(router)
         for layer in self.mixture_layers.values():
-            layer.lora_A.requires_grad_(experts)
+            layer.lora_A.requires_grad_(experts and lora_a)
             layer.lora_B.requires_grad_(experts)
 
     def gradient_checkpointing_enable(self) -> None:

@@ -41,6 +41,11 @@ class PolicyConfig(FrozenConfig):
     router: RouterConfig = Field(default_factory=RouterConfig, description="The situation router.")
     train_router: bool = Field(True, description="Whether RL updates the router.")
     train_experts: bool = Field(True, description="Whether RL updates the persona experts.")
+    train_lora_a: bool = Field(
+        True,
+        description="Whether RL updates the experts' A matrices. false = LoRA-FA: A stays as the run started "
+        "(stage 1's or the fresh init), only B trains, and each sync carries half the expert bytes.",
+    )
 
 
 class DataConfig(FrozenConfig):

@@ -80,7 +80,9 @@ class Learner:
         self.anchor_router = None
         if cfg.algorithm.router_anchor_coef > 0 and cfg.policy.train_router:
             self.anchor_router = copy.deepcopy(self.policy.router).requires_grad_(False).eval()
-        self.policy.set_trainable(router=cfg.policy.train_router, experts=cfg.policy.train_experts)
+        self.policy.set_trainable(
+            router=cfg.policy.train_router, experts=cfg.policy.train_experts, lora_a=cfg.policy.train_lora_a
+        )
         if cfg.learner.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         self.policy.train()
@@ -109,6 +111,7 @@ class Learner:
             config=deepspeed_config(cfg, self.grad_accum),
         )
         self.version = 0
+        self.published = False
         self.rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self.kl_estimator = get_kl_estimator(cfg.algorithm.kl.estimator)
         self.mixed_bf16 = cfg.learner.dtype == "bf16-mixed"
@@ -243,9 +246,16 @@ class Learner:
         self.anchor_index += self.world_size
         return loss
 
-    def adapter_state(self) -> AdapterState:
+    def adapter_state(self, trained_only: bool = False) -> AdapterState:
         dtype = torch.bfloat16 if self.cfg.rollout.sync_dtype == "bf16" else None
-        return snapshot(self.policy, self.version, dtype)
+        return snapshot(self.policy, self.version, dtype, trained_only)
+
+    def publish(self) -> AdapterState:
+        """The snapshot for the rollouts: complete the first time (they hold what they loaded, not what this
+        learner restored), then only what RL trains."""
+        state = self.adapter_state(trained_only=self.published)
+        self.published = True
+        return state
 
     def training_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """This rank's optimizer, scheduler, critic, RNG and version (see learner_state.py), for a checkpoint."""

@@ -54,7 +54,7 @@ class LearnerActor:
     def publish_adapters(self) -> tuple[AdapterState, tuple[int, int]]:
         """(snapshot, (version, bytes)) as two objects: rollouts fetch the first straight from this actor's node;
         the driver only reads the small second one."""
-        state = self.learner.adapter_state()
+        state = self.learner.publish()
         return state, (state.version, state.nbytes)
 
     def training_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:

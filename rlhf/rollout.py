@@ -72,6 +72,7 @@ class RolloutWorker:
         self.cfg = cfg
         self.policy = build_policy(cfg).eval()
         self.version = 0
+        self.complete = False  # has loaded a complete snapshot (after it, partial ones suffice)
         if cfg.rollout.engine == "hf":
             self.engine = HFEngine(self.policy, cfg)
         else:
@@ -82,8 +83,11 @@ class RolloutWorker:
     def set_weights(self, state: AdapterState) -> None:
         if state.version < self.version:
             raise StaleWeightsError(f"rollout has weights v{self.version}; refusing older v{state.version}")
+        if not (state.complete or self.complete):
+            raise ValueError("a partial adapter snapshot (trained tensors only) cannot be this rollout's first")
         load_snapshot(self.policy, state)
         self.version = state.version
+        self.complete = self.complete or state.complete
 
     def close(self) -> None:
         self.engine.close()

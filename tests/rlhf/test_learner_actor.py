@@ -44,6 +44,10 @@ def one_step(cfg, batch):
     return metrics, b, state
 
 
+def first_lora_b(state) -> str:
+    return next(name for name in state.tensors if name.endswith(".lora_B"))
+
+
 def test_one_and_two_learners_agree(ray_local, tiny_model_dir) -> None:
     overrides = tiny_overrides(
         tiny_model_dir,
@@ -57,11 +61,11 @@ def test_one_and_two_learners_agree(ray_local, tiny_model_dir) -> None:
         one_step(load_config(None, [*overrides, f"learner.num_learners={n}"]), batch) for n in (1, 2)
     )
     assert abs(m1["loss"] - m2["loss"]) < 1e-5 and m1["loss"] != 0.0
-    router1, router2 = s1.router["mlp.2.weight"], s2.router["mlp.2.weight"]
+    router1, router2 = s1.tensors["router.mlp.2.weight"], s2.tensors["router.mlp.2.weight"]
     torch.testing.assert_close(router2, router1, atol=1e-5, rtol=1e-4)
-    path = next(iter(s1.experts))
-    torch.testing.assert_close(s2.experts[path][1], s1.experts[path][1], atol=1e-5, rtol=1e-4)
-    assert s1.version == 1 and s1.experts[path][1].abs().sum() > 0  # the update moved the experts
+    b = first_lora_b(s1)
+    torch.testing.assert_close(s2.tensors[b], s1.tensors[b], atol=1e-5, rtol=1e-4)
+    assert s1.version == 1 and s1.tensors[b].abs().sum() > 0  # the update moved the experts
 
 
 def test_bf16_mixed_learner_tracks_fp32(ray_local, tiny_model_dir) -> None:
@@ -76,8 +80,8 @@ def test_bf16_mixed_learner_tracks_fp32(ray_local, tiny_model_dir) -> None:
     assert not torch.equal(ref16, ref32)  # autocast really ran in bf16
     torch.testing.assert_close(ref16, ref32, atol=0.05, rtol=0)
     assert abs(m16["loss"] - m32["loss"]) < 0.05 * abs(m32["loss"]) + 1e-3 and abs(m16["kl"] - m32["kl"]) < 1e-2
-    path = next(iter(s16.experts))
-    assert s16.experts[path][1].dtype == torch.float32 and s16.experts[path][1].abs().sum() > 0  # fp32 weights moved
+    b = s16.tensors[first_lora_b(s16)]
+    assert b.dtype == torch.float32 and b.abs().sum() > 0  # fp32 weights moved
 
 
 def test_router_anchor_holds_the_router_near_its_start(ray_local, tiny_model_dir) -> None:
@@ -95,7 +99,7 @@ def test_router_anchor_holds_the_router_near_its_start(ray_local, tiny_model_dir
     start = policy.router(features).probs.detach()
 
     def moved(state) -> float:
-        policy.router.load_state_dict(state.router)
+        policy.router.load_state_dict({k[len("router.") :]: v for k, v in state.tensors.items() if k[:7] == "router."})
         return router_anchor_kl(policy.router(features).probs, start).item()
 
     (free, _, s_free), (held, _, s_held) = (
@@ -143,3 +147,27 @@ def test_pole_anchor_keeps_the_poles_apart(ray_local, tiny_model_dir, tmp_path) 
         with torch.no_grad():
             after[coef] = sum(anchor.loss(i).item() for i in range(5))
     assert after[5] < after[0] - 0.5, after
+
+
+def test_lora_fa_trains_b_only_and_syncs_b_only(ray_local, tiny_model_dir) -> None:
+    """policy.train_lora_a=false: an update moves B but not A, and after the first (complete) sync each sync
+    carries exactly the A bytes less (B and the router)."""
+    overrides = tiny_overrides(
+        tiny_model_dir, "learner.micro_batch_size=8", "learner.lr=0.05", "policy.train_lora_a=false"
+    )
+    batch = sample_batch(overrides)
+    cfg = load_config(None, overrides)
+    actors = create_actors(cfg)
+    start = ray.get(actors.learners[0].adapter_state.remote())
+    _, complete_bytes = stages.sync_weights(actors)
+    b = batch.select(slice(None))
+    stages.score(actors, b)
+    stages.compute_advantages(b, cfg.algorithm)
+    stages.update(actors, b, cfg)
+    version, partial_bytes = stages.sync_weights(actors)
+    end = ray.get(actors.learners[0].adapter_state.remote())
+    release(actors)
+    a_names = [name for name in start.tensors if name.endswith(".lora_A")]
+    assert version == 1 and all(torch.equal(start.tensors[n], end.tensors[n]) for n in a_names)
+    assert end.tensors[first_lora_b(end)].abs().sum() > 0  # B started at zero and moved
+    assert partial_bytes == complete_bytes - sum(start.tensors[n].nbytes for n in a_names)

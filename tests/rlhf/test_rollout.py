@@ -49,3 +49,12 @@ def test_stale_weights_are_refused(worker) -> None:
         worker.set_weights(snapshot(worker.policy, version=1))
     with pytest.raises(StaleWeightsError, match="holds v2"):
         worker.generate(load_prompts("builtin")[:1], 0, version=1, seed=0)
+
+
+def test_a_partial_snapshot_needs_a_complete_one_first(tiny_model_dir) -> None:
+    worker = make_worker(tiny_model_dir)
+    with pytest.raises(ValueError, match="first"):
+        worker.set_weights(snapshot(worker.policy, version=1, trained_only=True))
+    worker.set_weights(snapshot(worker.policy, version=1))
+    worker.set_weights(snapshot(worker.policy, version=2, trained_only=True))
+    assert worker.version == 2
