@@ -25,6 +25,13 @@ def response_mask_until_eos(response_ids: Tensor, eos_token_id: int) -> Tensor:
     return (~after_eos).long()
 
 
+def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> list[str]:
+    """Each reply's sampled tokens as text: padding never reaches the rewards (id 0 is "!" in Qwen2.5 and
+    Llama 3), special tokens such as EOS are dropped."""
+    rows = [ids[mask.bool()].tolist() for ids, mask in zip(response_ids, response_mask, strict=True)]
+    return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+
 class HFEngine:
     """Samples with transformers' generate through the fused mixture (per-sequence routing weights)."""
 
@@ -100,7 +107,6 @@ class RolloutWorker:
         weights = self.policy.route(prompt_ids, prompt_mask).weights.detach()  # (N, E)
         response_ids, response_mask, logprobs = self.engine.sample(prompt_ids, prompt_mask, weights, seed, version)
         g = self.cfg.rollout.samples_per_prompt
-        completions = self.policy.tokenizer.batch_decode(response_ids * response_mask, skip_special_tokens=True)
         return RolloutBatch(
             prompt_ids=prompt_ids.repeat_interleave(g, 0),
             prompt_mask=prompt_mask.repeat_interleave(g, 0),
@@ -110,6 +116,6 @@ class RolloutWorker:
             routing_weights=weights.repeat_interleave(g, 0),
             rollout_logprobs=logprobs,
             prompts=[r.messages[-1]["content"] for r in records for _ in range(g)],  # the situation, for rewards
-            completions=[c.strip() for c in completions],
+            completions=decode_responses(self.policy.tokenizer, response_ids, response_mask),
             categories=[r.category for r in records for _ in range(g)],
         )

@@ -7,7 +7,7 @@ import torch
 
 from rlhf.config import load_config
 from rlhf.prompts import load_prompts
-from rlhf.rollout import RolloutWorker, response_mask_until_eos
+from rlhf.rollout import RolloutWorker, decode_responses, response_mask_until_eos
 from rlhf.sync import StaleWeightsError, snapshot
 from tests.conftest import randomize_experts
 
@@ -15,6 +15,19 @@ from tests.conftest import randomize_experts
 def test_response_mask_until_eos() -> None:
     ids = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 9, 2, 9]])
     assert response_mask_until_eos(ids, 2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_decode_responses_leaves_padding_out() -> None:
+    """Id 0 is a real token here, as "!" is in Qwen2.5 and Llama 3: padding must not turn into it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"!": 0, "Hello": 1, "there": 2, "</s>": 3}, unk_token="!"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>")
+    ids = torch.tensor([[1, 2, 3, 3], [1, 0, 2, 2]])  # the 3 after EOS and the trailing 2s are padding
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    assert decode_responses(tok, ids, mask) == ["Hello there", "Hello !"]
 
 
 def make_worker(model_dir, dtype: str = "fp32") -> RolloutWorker:
