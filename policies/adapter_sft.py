@@ -150,7 +150,8 @@ def tokenize_row(policy: PersonaFusePolicy, situation: str, reply: str) -> tuple
 
 
 def encode(policy: PersonaFusePolicy, rows: list[tuple[int, str, str]], max_tokens: int) -> dict[str, Tensor]:
-    """Left-padded prompts + right-padded replies (+ EOS) and one-hot weights (B, E), the RL batch layout."""
+    """Left-padded prompts + right-padded replies (+ EOS) and one-hot weights (B, E), the RL batch layout, on the
+    policy's device."""
     tok = policy.tokenizer
     prompts, replies = zip(*(tokenize_row(policy, situation, reply) for _, situation, reply in rows), strict=True)
     for i, (p, r) in enumerate(zip(prompts, replies, strict=True)):
@@ -162,12 +163,13 @@ def encode(policy: PersonaFusePolicy, rows: list[tuple[int, str, str]], max_toke
     response_ids = pad_right(replies, tok.pad_token_id, torch.long)
     response_mask = pad_right([[1] * len(r) for r in replies], 0, torch.long)
     weights = F.one_hot(torch.tensor([e for e, _, _ in rows]), len(policy.experts)).float()
-    return {
+    batch = {
         "input_ids": torch.cat([prompt_ids, response_ids], 1),
         "attention_mask": torch.cat([prompt_mask, response_mask], 1),
         "response_mask": response_mask,
         "weights": weights,
     }
+    return {key: value.to(policy.device) for key, value in batch.items()}
 
 
 def reply_logprobs(policy: PersonaFusePolicy, batch: dict[str, Tensor], weights: Tensor | None = None) -> Tensor:

@@ -66,8 +66,8 @@ def chat_prefix(policy: PersonaFusePolicy, user: str, assistant_prefix: str = ""
 def next_token_logits(policy: PersonaFusePolicy, texts: list[str], weights: Tensor | None) -> Tensor:
     """(B, V) logits after each text, under ``weights`` (B, E) or with adapters off (None)."""
     tok = policy.tokenizer
-    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    ctx = policy.adapters_disabled() if weights is None else policy.mixture(weights)
+    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(policy.device)
+    ctx = policy.adapters_disabled() if weights is None else policy.mixture(weights.to(policy.device))
     with ctx:
         out = policy.model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask,

@@ -140,7 +140,7 @@ class PersonaFusePolicy(nn.Module):
             if persona == "auto":
                 return self.route(prompt_ids, prompt_mask).weights.detach()
             return parse_profile(persona, self.experts).expand(batch, num_experts).to(prompt_ids.device)
-        weights = persona if persona.dim() == 2 else persona.expand(batch, -1)
+        weights = (persona if persona.dim() == 2 else persona.expand(batch, -1)).to(prompt_ids.device)
         make_routing(weights, num_experts)  # validates shape, finiteness and sign
         if weights.shape[0] != batch:
             raise ValueError(f"persona weights are for {weights.shape[0]} prompts, the batch has {batch}")

@@ -150,7 +150,8 @@ def mean_reply_logprobs(policy: PersonaFusePolicy, prompts: list[str], replies: 
         ids[i, : len(p) + len(a)] = torch.tensor(p + a)
         mask[i, : len(p) + len(a)] = 1
         target[i, len(p) : len(p) + len(a)] = True
-    ctx = policy.adapters_disabled() if weights is None else policy.mixture(weights)
+    ids, mask, target = ids.to(policy.device), mask.to(policy.device), target.to(policy.device)
+    ctx = policy.adapters_disabled() if weights is None else policy.mixture(weights.to(policy.device))
     with ctx:
         logits = policy.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask),
                               use_cache=False).logits.float()  # fmt: skip

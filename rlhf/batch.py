@@ -65,6 +65,11 @@ class RolloutBatch:
                 picked[f.name] = [value[i] for i in index.tolist()]
         return replace(self, **picked)
 
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        """Every tensor field on ``device`` (learners on GPUs get batches from Ray on the CPU)."""
+        moved = {f.name: v.to(device) for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
+        return replace(self, **moved)
+
     def shards(self, n: int) -> list[RolloutBatch]:
         """n contiguous, equal shards (the config guarantees divisibility)."""
         size = len(self) // n

@@ -110,6 +110,9 @@ class Learner:
             lr_scheduler=scheduler,
             config=deepspeed_config(cfg, self.grad_accum),
         )
+        self.device = self.engine.device  # DeepSpeed moved the policy there (a GPU on GPU hosts)
+        if self.anchor_router is not None:
+            self.anchor_router.to(self.device)
         self.version = 0
         self.published = False
         self.rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -133,6 +136,7 @@ class Learner:
         (``AlgorithmConfig.needs_old_logprobs``), ``old_logprobs`` (pi_old, current router + experts) and PPO's
         ``values`` from the same forward; each (B, T), 0 at padding."""
         temperature = self.cfg.rollout.temperature
+        batch = batch.to(self.device)
         columns: dict[str, list[Tensor]] = {"old_logprobs": [], "ref_logprobs": [], "values": []}
         for mb in self.micro_batches(batch):
             if self.cfg.algorithm.needs_old_logprobs:
@@ -152,7 +156,7 @@ class Learner:
                 columns["ref_logprobs"].append(
                     self.policy.ref_logprobs(mb.input_ids, mb.attention_mask, mb.response_len, temperature)
                 )
-        return {key: torch.cat(parts) * batch.response_mask for key, parts in columns.items() if parts}
+        return {key: (torch.cat(parts) * batch.response_mask).cpu() for key, parts in columns.items() if parts}
 
     def update(self, shard: RolloutBatch, counts: list[MinibatchCounts]) -> dict[str, float]:
         """ppo_epochs x minibatches optimizer steps on this rank's shard.
@@ -162,7 +166,7 @@ class Learner:
         means over micro-batches.
         """
         algo = self.cfg.algorithm
-        minibatches = shard.shards(algo.minibatches)
+        minibatches = shard.to(self.device).shards(algo.minibatches)
         losses: list[float] = []
         sums: dict[str, float] = {}
         seen: dict[str, int] = {}  # micro-steps that reported each metric (pole_anchor/*: one per optimizer step)

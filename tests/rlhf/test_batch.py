@@ -39,3 +39,11 @@ def test_select_and_shards() -> None:
 
 def test_pad_right() -> None:
     assert pad_right([[1, 2], [3]], 0, torch.long).tolist() == [[1, 2], [3, 0]]
+
+
+def test_to_moves_every_tensor_and_keeps_the_text() -> None:
+    batch = make_batch(2, 3, 4)
+    batch.rewards, batch.completions = torch.ones(2), ["a", "b"]
+    moved = batch.to("meta")  # the device learners on GPUs move to; meta stands in for it here
+    assert all(getattr(moved, n).is_meta for n in ("prompt_ids", "response_mask", "rollout_logprobs", "rewards"))
+    assert moved.completions == ["a", "b"] and moved.old_logprobs is None and not batch.prompt_ids.is_meta
