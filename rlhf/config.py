@@ -157,6 +157,12 @@ class LearnerConfig(FrozenConfig):
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward on one rank.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
 
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> LearnerConfig:
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("learner.offload_optimizer needs learner.zero_stage >= 1 (ZeRO-0 cannot offload)")
+        return self
+
 
 class PlacementConfig(FrozenConfig):
     colocate: bool = Field(True, description="Rollout and learners share one placement group (PACK).")

@@ -56,9 +56,10 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
 def deepspeed_config(cfg: JobConfig, grad_accum: int) -> dict:
     lc = cfg.learner
     zero: dict = {"stage": lc.zero_stage}
-    if lc.offload_optimizer and lc.zero_stage > 0:
+    if lc.offload_optimizer:  # the config requires ZeRO >= 1
         zero["offload_optimizer"] = {"device": "cpu"}
     return {
+        "zero_force_ds_cpu_optimizer": False,  # offload steps our torch AdamW on the CPU, not DeepSpeed's CPUAdam
         "train_micro_batch_size_per_gpu": lc.micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": lc.grad_clip,

@@ -171,3 +171,16 @@ def test_lora_fa_trains_b_only_and_syncs_b_only(ray_local, tiny_model_dir) -> No
     assert version == 1 and all(torch.equal(start.tensors[n], end.tensors[n]) for n in a_names)
     assert end.tensors[first_lora_b(end)].abs().sum() > 0  # B started at zero and moved
     assert partial_bytes == complete_bytes - sum(start.tensors[n].nbytes for n in a_names)
+
+
+def test_optimizer_offload_matches_no_offload(ray_local, tiny_model_dir) -> None:
+    """learner.offload_optimizer (ZeRO-2 keeps AdamW's states and step on the CPU): the same update as without."""
+    overrides = tiny_overrides(tiny_model_dir, "learner.micro_batch_size=8", "learner.lr=0.05")
+    batch = sample_batch(overrides)
+    (m0, _, s0), (m1, _, s1) = (
+        one_step(load_config(None, [*overrides, f"learner.offload_optimizer={flag}"]), batch) for flag in (False, True)
+    )
+    assert abs(m0["loss"] - m1["loss"]) < 1e-6
+    b = first_lora_b(s0)
+    assert s1.tensors[b].abs().sum() > 0
+    torch.testing.assert_close(s1.tensors[b], s0.tensors[b], atol=1e-5, rtol=1e-4)
