@@ -1,4 +1,5 @@
-"""Atomic writes: a folder or file appears complete or not at all, so a crash never leaves half a checkpoint."""
+"""Atomic writes: a folder or file appears complete or not at all, so a crashed or killed process never leaves
+half a checkpoint (a power cut is beyond this: nothing is fsynced)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,16 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield staging
         if target.exists():
-            # Two renames keep a complete copy on disk at every instant.
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old)
+            # Two renames keep a complete copy on disk at every instant. The old copy's name is unique, so the
+            # leftover of a run killed mid-cleanup cannot block this one.
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old)  # a directory may replace an empty one
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
     except BaseException:

@@ -5,8 +5,8 @@ Legend: N = rows, K = label heads.
 
 Data (JSONL, parquet or a ``save_to_disk`` folder; field names configurable):
   pairs:  ``prompt`` (optional), ``chosen``, ``rejected`` strings, optional ``margin`` (TRL's explicit-prompt
-          format); conversational rows (lists of chat messages) use the last user turn as the prompt and the last
-          assistant turn as the reply.
+          format); conversational rows (lists of chat messages) use the last user turn as the prompt (of the
+          ``prompt`` field, or of ``chosen`` in TRL's implicit-prompt rows) and the last assistant turn as the reply.
   labels: ``prompt`` (optional), ``completion``, one number per head field (``labels: [empathy, ...]``).
 A malformed row raises RewardDataError naming the file and line (row index for parquet/arrow). Nothing is
 dropped: pairs longer than ``max_length`` are truncated longest-first (counted in eval.json), never filtered.
@@ -127,7 +127,12 @@ def load_rows(path: str, cfg: RewardTrainingConfig) -> list[PairRow] | list[Labe
     for row, where, _ in read_rows(Path(path)):
         if not isinstance(row, dict):
             raise RewardDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        prompt = _text(row, d.prompt_field, where, role="user", required=False)
+        reply_field = d.chosen_field if cfg.task == "pairs" else d.completion_field
+        # TRL's implicit-prompt rows carry the user turn inside the conversation, not in a prompt field
+        prompt_field = (
+            reply_field if d.prompt_field not in row and isinstance(row.get(reply_field), list) else d.prompt_field
+        )
+        prompt = _text(row, prompt_field, where, role="user", required=False)
         group = json.dumps(row.get(d.split_by, prompt), sort_keys=True, default=str)
         if cfg.task == "pairs":
             chosen = _text(row, d.chosen_field, where, role="assistant")
@@ -238,9 +243,10 @@ def _training_args(cfg: RewardTrainingConfig, out: Path, args_cls, **extra):
     )
 
 
-def _count_truncated(tokenizer, prompts: list[str], completions: list[str], max_length: int) -> int:
+def _too_long(tokenizer, prompts: list[str], completions: list[str], max_length: int) -> list[bool]:
+    """Per row: prompt + completion exceeds ``max_length`` tokens (and so is truncated)."""
     full = tokenizer(prompts, completions, truncation=False)["input_ids"]
-    return sum(len(ids) > max_length for ids in full)
+    return [len(ids) > max_length for ids in full]
 
 
 def _keep_tensorboard(out: Path) -> None:
@@ -306,10 +312,15 @@ def _train_pairs(cfg: RewardTrainingConfig, train_rows: list[PairRow], eval_rows
             columns["margin"] = [r.margin for r in rows]
         return Dataset.from_dict(columns)
 
-    truncated = sum(
-        _count_truncated(tokenizer, [r.prompt for r in rows], [getattr(r, side) for r in rows], cfg.max_length)
-        for rows in (train_rows, eval_rows)
-        for side in ("chosen", "rejected")
+    rows = train_rows + eval_rows
+    prompts = [r.prompt for r in rows]
+    truncated = sum(  # a pair counts once, whichever side is too long
+        c or r
+        for c, r in zip(
+            _too_long(tokenizer, prompts, [r.chosen for r in rows], cfg.max_length),
+            _too_long(tokenizer, prompts, [r.rejected for r in rows], cfg.max_length),
+            strict=True,
+        )
     )
     args = _training_args(
         cfg,
@@ -345,10 +356,8 @@ def _train_labels(cfg: RewardTrainingConfig, train_rows: list[LabelRow], eval_ro
         ids = tokenize_pairs(tokenizer, [r.prompt for r in rows], [r.completion for r in rows], cfg.max_length)
         return Dataset.from_dict({"input_ids": ids, "labels": [list(r.labels) for r in rows]})
 
-    truncated = sum(
-        _count_truncated(tokenizer, [r.prompt for r in rows], [r.completion for r in rows], cfg.max_length)
-        for rows in (train_rows, eval_rows)
-    )
+    rows = train_rows + eval_rows
+    truncated = sum(_too_long(tokenizer, [r.prompt for r in rows], [r.completion for r in rows], cfg.max_length))
     trainer = Trainer(
         model=model,
         args=_training_args(cfg, out, TrainingArguments),

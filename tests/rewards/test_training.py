@@ -73,9 +73,16 @@ def test_conversational_rows_use_the_last_turns(tmp_path) -> None:
         "chosen": [{"role": "assistant", "content": "I'm sorry."}],
         "rejected": [{"role": "assistant", "content": "Ok."}],
     }
-    path.write_text(json.dumps(row) + "\n")
-    (pair,) = load_rows(str(path), _config(tmp_path, str(path)))
+    user = {"role": "user", "content": "My cat died."}
+    implicit = {  # TRL's implicit-prompt format: the user turn opens both conversations
+        "chosen": [user, {"role": "assistant", "content": "That hurts; she was family."}],
+        "rejected": [user, {"role": "assistant", "content": "Get a new one."}],
+    }
+    path.write_text(json.dumps(row) + "\n" + json.dumps(implicit) + "\n")
+    pair, implicit_pair = load_rows(str(path), _config(tmp_path, str(path)))
     assert (pair.prompt, pair.chosen, pair.rejected) == ("I lost my job.", "I'm sorry.", "Ok.")
+    assert implicit_pair.prompt == "My cat died." and implicit_pair.chosen == "That hurts; she was family."
+    assert implicit_pair.group != pair.group  # split by its prompt, not all in one "" group
 
 
 def test_split_keeps_groups_whole() -> None:
