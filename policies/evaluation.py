@@ -102,6 +102,8 @@ def load_mc(path: str | Path) -> list[MCItem]:
         choices = row.get("choices")
         if not isinstance(row.get("question"), str) or not isinstance(choices, list) or len(choices) < 2:
             raise ValueError(f"{where}: needs a 'question' string and a 'choices' list of >= 2 strings")
+        if len(choices) > len(LETTERS):
+            raise ValueError(f"{where}: {len(choices)} choices; at most {len(LETTERS)} (options are lettered A-J)")
         answer = row.get("answer_index")
         if not isinstance(answer, int) or not 0 <= answer < len(choices):
             raise ValueError(f"{where}: 'answer_index' must be an int in [0, {len(choices)})")
@@ -193,12 +195,25 @@ def mc_loglik_choice(policy: PersonaFusePolicy, item: MCItem, weights: Tensor | 
 
 
 def parse_choice(text: str, n: int) -> int | None:
-    """The first standalone option letter (A.., case-insensitive) or option number (1..n) in ``text``."""
-    match = re.search(rf"\b([{LETTERS[:n]}{LETTERS[:n].lower()}]|[1-{min(n, 9)}])\b", text)
-    if not match:
-        return None
-    token = match.group(1)
-    return int(token) - 1 if token.isdigit() else LETTERS.index(token.upper())
+    """The option a free-text answer names, or None. Tried in order: a letter after "answer" ("The answer is B",
+    "Answer: b") or in parentheses ("(C)"); a reply that opens with a letter and ".", ")" or ":" ("b) because"); the
+    first standalone capital letter that is not an English word ("A friend", "I would", "I'd" are not options); a
+    standalone option number 1..n."""
+    upper = LETTERS[:n]
+    both = upper + upper.lower()
+    not_a_word = r"(?![\w'])(?!\s+[a-z])"  # the letter is not followed by more of a word or by a lower-case word
+    patterns = (
+        rf"\b[Aa][Nn][Ss][Ww][Ee][Rr]\b\s*(?:is\s+|:\s*)?\(?([{both}]){not_a_word}",
+        rf"\(([{both}])\)",
+        rf"^\s*([{both}])\s*[.):](?!\w)",
+        rf"\b([{upper}]){not_a_word}",
+        rf"\b([1-{min(n, 9)}])\b",
+    )
+    for pattern in patterns:
+        if match := re.search(pattern, text):
+            token = match.group(1)
+            return int(token) - 1 if token.isdigit() else LETTERS.index(token.upper())
+    return None
 
 
 def evaluate_mc(policy: PersonaFusePolicy, items: list[MCItem], persona: str | None) -> dict[str, float]:

@@ -24,6 +24,9 @@ from policies.evaluation import (
 def test_parse_choice_and_refusals() -> None:
     assert parse_choice("The answer is B.", 4) == 1 and parse_choice("b) because", 4) == 1
     assert parse_choice("Option 3", 4) == 2 and parse_choice("none of these", 2) is None
+    assert parse_choice("As a friend, I'd pick C", 4) == 2  # "a" and "I" are words here, not options
+    assert parse_choice("I would choose B", 10) == 1 and parse_choice("Answer: (d)", 4) == 3
+    assert parse_choice("The answer is a hard one", 4) is None
     assert is_refusal("I'm sorry, but I can't help with that.") and not is_refusal("I can see why that hurts.")
 
 
@@ -35,6 +38,9 @@ def test_load_mc_errors_name_the_line(tmp_path) -> None:
         load_mc(path)
     path.write_text('{"question": "q", "choices": ["a", "b"], "answer_index": 1}\n{"question": \n')
     with pytest.raises(ValueError, match=r"mc\.jsonl: line 2: invalid JSON"):
+        load_mc(path)
+    path.write_text(json.dumps({"question": "q", "choices": list("abcdefghijk"), "answer_index": 0}) + "\n")
+    with pytest.raises(ValueError, match=r"mc\.jsonl: line 1: 11 choices; at most 10"):
         load_mc(path)
 
 
