@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -67,10 +68,19 @@ def main(argv: list[str] | None = None) -> None:
     elif args.prompt:
         answer([args.prompt])
     else:
-        for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("\n> "), ""):
+        for line in sys.stdin if not sys.stdin.isatty() else typed_lines():
             if not line.strip():
                 break
             answer([line.strip()])
+
+
+def typed_lines() -> Iterator[str]:
+    """Lines typed at the prompt until Ctrl-D."""
+    while True:
+        try:
+            yield input("\n> ")
+        except EOFError:
+            return
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Legend: B = rows, P = prompt tokens, T = reply tokens, E = experts.
 
 Every row trains only its own expert: the mixture runs with one-hot weights per row (B, E), so rows of different
-experts share a batch and each expert's LoRA slice receives gradient only from its rows (weight decay is off by
-default so absent experts stay put). Loss: mean token NLL of the reply given the chat-templated situation
+experts share a batch and each expert's LoRA slice receives gradient only from its rows (an expert absent from a
+batch still drifts a little on AdamW's momentum from earlier batches; weight decay is off so it does not also
+shrink). Loss: mean token NLL of the reply given the chat-templated situation
 
     L = -1/N sum_{rows, reply tokens} log pi_e(y_t | x, y_<t)  +  c * S,
     S = mean over layers and expert pairs e != f of cos(vec B_e, vec B_f)^2      (optional specialisation term)
@@ -115,6 +116,8 @@ def read_persona_file(path: Path) -> list[tuple[str, str]]:
     line."""
     pairs = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue  # blank lines, as in every other JSONL reader here
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:

@@ -94,13 +94,15 @@ def fold(
 ) -> LoRAAdapter:
     """One LoRA equal to the mixture ``s * sum_e w_e B_e A_e`` for weights (E,).
 
-    With top_k the k largest weights are kept and renormalised first. Only experts with w_e > 0 enter, so the
-    rank is (number active) * r; ``for_vllm`` zero-pads it up to a rank vLLM accepts. The scale s * w_e is
+    With top_k the k largest weights are kept and renormalised to sum to 1 first. Only experts with w_e > 0 enter,
+    so the rank is (number active) * r; ``for_vllm`` zero-pads it up to a rank vLLM accepts. The scale s * w_e is
     folded into B and lora_alpha is set to the rank, so PEFT's and vLLM's alpha / r factor is exactly 1.
     """
     if weights.dim() != 1 or not torch.isfinite(weights).all() or (weights < 0).any():
         raise ValueError(f"fold: weights must be a finite, non-negative vector (E,), got {weights}")
     w = top_k_renormalise(weights.double()[None], top_k)[0]
+    if top_k is not None:
+        w = w / w.sum()  # top_k >= E keeps every weight but still renormalises
     active = (w > 0).nonzero().squeeze(-1)  # (n,) experts that enter the fold
     if active.numel() == 0:
         raise ValueError("fold: every weight is zero; there is no mixture to fold")

@@ -132,3 +132,15 @@ def test_pole_contrast_starts_at_log2_and_separates_the_poles(tmp_path, tiny_mod
     contrast = [entry["pole_contrast"] for entry in report["losses"]]
     assert contrast[0] == pytest.approx(math.log(2), abs=1e-4)
     assert contrast[-1] < 0.1
+
+
+def test_persona_file_skips_blank_lines_and_names_bad_ones(tmp_path) -> None:
+    from policies.adapter_sft import read_persona_file
+
+    path = tmp_path / "openness_high.jsonl"
+    row = json.dumps({"situation": "s", "reply": "r"})
+    path.write_text(f"{row}\n\n{row}\n")  # a blank line (an editor's or a concatenation's) is not data
+    assert read_persona_file(path) == [("s", "r"), ("s", "r")]
+    path.write_text(f"{row}\n\n{{oops\n")
+    with pytest.raises(ValueError, match=r"openness_high\.jsonl: line 3: not JSON"):
+        read_persona_file(path)

@@ -82,6 +82,19 @@ def test_fold_rejects_bad_input(tiny_policy) -> None:
         fold_policy(tiny_policy, torch.zeros(10))
 
 
+def test_top_k_folds_renormalise_whatever_k(tiny_policy) -> None:
+    """top_k >= E keeps every expert, and like any top_k it folds weights that sum to 1."""
+    randomize_experts(tiny_policy)
+    weights = torch.arange(1.0, 11.0)  # sums to 55
+
+    def first_b(adapter) -> torch.Tensor:
+        return next(t for name, t in adapter.tensors.items() if "lora_B" in name)
+
+    all_kept = first_b(fold_policy(tiny_policy, weights, top_k=10))
+    torch.testing.assert_close(all_kept, first_b(fold_policy(tiny_policy, weights / 55, top_k=10)))
+    torch.testing.assert_close(all_kept, first_b(fold_policy(tiny_policy, weights / 55)))
+
+
 def test_vllm_rank_pads_to_an_allowed_rank() -> None:
     assert [vllm_rank(r) for r in (1, 2, 16, 24, 80)] == [1, 8, 16, 32, 128]
     with pytest.raises(ValueError, match="top_k"):
