@@ -3,8 +3,8 @@ its score tokens. Nothing is generated and no free text is parsed.
 
 Legend: B = completions, V = judge vocabulary, K = ``scale`` (score tokens "1" .. "K").
 
-The judge sees the rubric, the situation and the reply, then an assistant turn that starts with ``"Score: "``. With
-p the judge's next-token distribution there and s_k the token of score k:
+The judge sees the rubric, the situation and the reply, then an assistant turn that starts with ``"Score: "``
+(``"Score:"`` for byte-level BPEs). With p the judge's next-token distribution there and s_k the token of score k:
 
     E     = sum_k k * p(s_k) / sum_k p(s_k)            (renormalised over the K score tokens; other tokens ignored)
     score = (E - 1) / (K - 1)                          in [0, 1], higher = better under the rubric
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,9 @@ from torch import Tensor
 
 from rewards.base import register_reward
 
-ASSISTANT_PREFIX = "Score: "  # the judge's turn starts with this; the next token is the score
+# The judge's turn starts with one of these and the next token is the score: "Score: " then "1" for most
+# tokenizers, "Score:" then " 1" for byte-level BPEs (GPT-2, Pythia, OPT) that fold the space into the digit.
+ASSISTANT_PREFIXES = ("Score: ", "Score:")
 EMBEDDED = "embedded"  # model value meaning the packaged SmolLM2-135M-Instruct (policies.embedded)
 PLACEHOLDERS = ("{situation}", "{reply}")  # every rubric needs both; "{scale}" is optional
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -146,6 +149,33 @@ def situation_of(prompt: str) -> str:
     return prompt.strip()
 
 
+def score_tokens(
+    encode: Callable[[str], list[int]], prompt_for: Callable[[str], str], scale: int, where: str
+) -> tuple[str, list[int]]:
+    """(prefix, K score-token ids): the first of ASSISTANT_PREFIXES after which every score 1..K is exactly one
+    token in context ("<prompt><prefix>" plus one token), K distinct tokens."""
+    tried = []
+    for prefix in ASSISTANT_PREFIXES:
+        gap = "" if prefix.endswith(" ") else " "
+        base = encode(prompt_for(prefix))
+        ids, bad = [], []
+        for k in range(1, scale + 1):
+            full = encode(prompt_for(prefix) + gap + str(k))
+            if full[: len(base)] == base and len(full) == len(base) + 1:
+                ids.append(full[-1])
+            else:
+                bad.append(str(k))
+        if not bad and len(set(ids)) == scale:
+            return prefix, ids
+        tried.append(
+            f"after {prefix!r}: {'scores ' + ', '.join(bad) + ' are not one token' if bad else 'two share a token'}"
+        )
+    raise ValueError(
+        f"scale={scale}: in {where} the scores 1..{scale} are not single tokens ({'; '.join(tried)}); "
+        "use a smaller scale (most tokenizers have single-token digits 1-9)"
+    )
+
+
 def render(template: str, situation: str, reply: str, scale: int) -> tuple[str, str]:
     """(system, user): the instructions above the first placeholder line, and the filled-in rest (one pass)."""
     lines = template.splitlines(keepends=True)
@@ -174,7 +204,7 @@ class Judge:
 
     model: str = EMBEDDED  # local HF causal-LM folder (safetensors), or "embedded" (SmolLM2-135M-Instruct)
     rubric: str = "empathy"  # built-in rubric (empathy, social_appropriateness, helpfulness) or a rubric text file
-    scale: int = 5  # scores 1..scale; each must be a single token after "Score: " in the judge's tokenizer
+    scale: int = 5  # scores 1..scale; each must be one token after the score prefix (ASSISTANT_PREFIXES)
     engine: Literal["auto", "hf", "vllm"] = "auto"  # auto: vllm when CUDA is available, else hf (transformers)
     batch_size: int = 8  # prompts per transformers forward (vLLM schedules its own batches)
     max_prompt_tokens: int = 1024  # a longer judge prompt is an error naming its index; nothing is truncated
@@ -198,7 +228,9 @@ class Judge:
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder, trust_remote_code=False)
         self.chat = self.tokenizer.chat_template is not None
         self.system_role = self.chat and _accepts_system_role(self.tokenizer)
-        self.score_token_ids = self._score_tokens()
+        self.prefix, self.score_token_ids = score_tokens(
+            self.encode, lambda prefix: self.prompt_text("", "", prefix), self.scale, f"the tokenizer of {self.folder}"
+        )
         engine = self.engine if self.engine != "auto" else ("vllm" if torch.cuda.is_available() else "hf")
         dtype = self.dtype if self.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
         if engine == "vllm":
@@ -219,40 +251,22 @@ class Judge:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
-    def prompt_text(self, situation: str, reply: str) -> str:
-        """The full judge prompt for one (situation, reply), ending with ``"Score: "``."""
+    def prompt_text(self, situation: str, reply: str, prefix: str | None = None) -> str:
+        """The full judge prompt for one (situation, reply), ending with the score prefix (``"Score: "``)."""
+        prefix = self.prefix if prefix is None else prefix
         system, user = render(self.template, situation, reply, self.scale)
         if not self.chat:
-            return "\n\n".join(part for part in (system, user, ASSISTANT_PREFIX) if part)
+            return "\n\n".join(part for part in (system, user, prefix) if part)
         if system and self.system_role:
             messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         else:
             messages = [{"role": "user", "content": f"{system}\n\n{user}".strip()}]
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text + ASSISTANT_PREFIX
+        return text + prefix
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a judge prompt; a chat-templated text already holds its special tokens."""
         return self.tokenizer(text, add_special_tokens=not self.chat).input_ids
-
-    def _score_tokens(self) -> list[int]:
-        """The K score-token ids, checked in context: "<prompt>k" must be "<prompt>" plus exactly one token."""
-        prompt = self.prompt_text("", "")
-        base = self.encode(prompt)
-        ids, bad = [], []
-        for k in range(1, self.scale + 1):
-            full = self.encode(prompt + str(k))
-            if full[: len(base)] == base and len(full) == len(base) + 1:
-                ids.append(full[-1])
-            else:
-                bad.append(f"{k} -> {self.tokenizer.convert_ids_to_tokens(full[len(base) - 1 :])}")
-        if bad or len(set(ids)) != self.scale:
-            raise ValueError(
-                f"scale={self.scale}: every score 1..{self.scale} must be a single token after {ASSISTANT_PREFIX!r} "
-                f"in the tokenizer of {self.folder}, but {'; '.join(bad) or 'two scores share a token'}; "
-                "use a smaller scale (most tokenizers have single-token digits 1-9)"
-            )
-        return ids
 
     def prompt_ids(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
         """B token-id lists of the judge prompts; ValueError naming the first index over ``max_prompt_tokens``."""

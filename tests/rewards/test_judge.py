@@ -14,7 +14,7 @@ import torch
 
 import rewards.judge
 from rewards.base import get_reward
-from rewards.judge import RUBRICS, Judge, expected_score, load_rubric, render, situation_of, unit_score
+from rewards.judge import RUBRICS, Judge, expected_score, load_rubric, render, score_tokens, situation_of, unit_score
 
 PROMPTS = [
     "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nMy dog died yesterday.<|im_end|>\n"
@@ -112,8 +112,25 @@ def test_registered_and_scores_in_unit_range(tiny_judge: Judge) -> None:
 def test_score_tokens_are_checked_in_context(tiny_judge: Judge, tiny_model_dir: Path) -> None:
     tok = tiny_judge.tokenizer
     assert tok.convert_ids_to_tokens(tiny_judge.score_token_ids) == ["1", "2", "3", "4", "5"]
-    with pytest.raises(ValueError, match=r"scale=10: every score 1..10 must be a single token.*10 -> "):
+    assert tiny_judge.prefix == "Score: "
+    with pytest.raises(
+        ValueError, match=r"scale=10: .* scores 1..10 are not single tokens \(after 'Score: ': scores 10 "
+    ):
         Judge(model=str(tiny_model_dir), scale=10, **JUDGE_OPTIONS)
+
+
+def test_byte_level_bpe_scores_follow_score_colon() -> None:
+    """GPT-2-style tokenizers fold the space into the digit ("Score: 1" -> "Score", ":", "Ġ1"), so "Score: " ends
+    in a lone "Ġ" no score follows; the judge then ends its prompt with "Score:" and reads " 1".." 5"."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([f"Rate it. Score: {k}" for k in range(1, 6)] * 20, trainer)
+    assert tok.encode("Score: ").tokens[-1] == "Ġ" and tok.encode("Score: 1").tokens[-1] == "Ġ1"
+    prefix, ids = score_tokens(lambda t: tok.encode(t).ids, lambda p: "Rate it. " + p, 5, "a BPE")
+    assert prefix == "Score:" and [tok.id_to_token(i) for i in ids] == [f"Ġ{k}" for k in range(1, 6)]
 
 
 def test_overlong_prompt_is_an_error_naming_its_index(tiny_judge: Judge) -> None:
