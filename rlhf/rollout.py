@@ -25,6 +25,13 @@ def response_mask_until_eos(response_ids: Tensor, eos_token_id: int) -> Tensor:
     return (~after_eos).long()
 
 
+def prompt_seeds(step_seed: int, first_group: int, count: int, samples: int) -> list[int]:
+    """One sampling seed per prompt, from the step's seed and the prompt's global group index. vLLM draws sample k
+    of a prompt with seed + k, so seeds sit ``samples`` apart: no two replies of a step share a random stream, not
+    even those of a prompt that appears twice, and another actor or step never reuses them."""
+    return [(step_seed * 1_000_003 + first_group + j) * samples for j in range(count)]
+
+
 def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> list[str]:
     """Each reply's sampled tokens as text: padding never reaches the rewards (id 0 is "!" in Qwen2.5 and
     Llama 3), special tokens such as EOS are dropped."""
@@ -41,13 +48,14 @@ class HFEngine:
 
     @torch.no_grad()
     def sample(
-        self, prompt_ids: Tensor, prompt_mask: Tensor, weights: Tensor, seed: int, version: int
+        self, prompt_ids: Tensor, prompt_mask: Tensor, weights: Tensor, seeds: list[int], version: int
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(N, P) prompts and (N, E) weights -> response_ids, response_mask, rollout_logprobs, each (N*G, T)."""
+        """(N, P) prompts and (N, E) weights -> response_ids, response_mask, rollout_logprobs, each (N*G, T).
+        One random stream for the batch, seeded by the first prompt's seed (``prompt_seeds``)."""
         g = self.cfg.samples_per_prompt
         ids, mask, w = (t.repeat_interleave(g, dim=0) for t in (prompt_ids, prompt_mask, weights))
         tok = self.policy.tokenizer
-        torch.manual_seed(seed)
+        torch.manual_seed(seeds[0])
         with self.policy.mixture(w), bf16_autocast(self.cfg.dtype == "bf16"):
             out = self.policy.model.generate(
                 input_ids=ids,
@@ -100,13 +108,15 @@ class RolloutWorker:
         self.engine.close()
 
     def generate(self, records: list[PromptRecord], group_offset: int, version: int, seed: int) -> RolloutBatch:
-        """G samples for each prompt record; ``version`` must be the weights this worker holds."""
+        """G samples for each prompt record; ``version`` must be the weights this worker holds; ``seed`` is the
+        step's (every actor gets the same one; ``prompt_seeds`` spreads it over the prompts)."""
         if version != self.version:
             raise StaleWeightsError(f"asked to sample with weights v{version}, rollout holds v{self.version}")
         _, prompt_ids, prompt_mask = tokenize_prompts(self.policy, records, self.cfg.data.max_prompt_tokens)
         weights = self.policy.route(prompt_ids, prompt_mask).weights.detach()  # (N, E)
-        response_ids, response_mask, logprobs = self.engine.sample(prompt_ids, prompt_mask, weights, seed, version)
         g = self.cfg.rollout.samples_per_prompt
+        seeds = prompt_seeds(seed, group_offset, len(records), g)
+        response_ids, response_mask, logprobs = self.engine.sample(prompt_ids, prompt_mask, weights, seeds, version)
         return RolloutBatch(
             prompt_ids=prompt_ids.repeat_interleave(g, 0),
             prompt_mask=prompt_mask.repeat_interleave(g, 0),

@@ -93,17 +93,25 @@ class VLLMEngine:
         return requests
 
     def sample(
-        self, prompt_ids: Tensor, prompt_mask: Tensor, weights: Tensor, seed: int, version: int
+        self, prompt_ids: Tensor, prompt_mask: Tensor, weights: Tensor, seeds: list[int], version: int
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(N, P) prompts and (N, E) weights -> response_ids, response_mask, rollout_logprobs, each (N*G, T)."""
+        """(N, P) prompts and (N, E) weights -> response_ids, response_mask, rollout_logprobs, each (N*G, T);
+        prompt i samples with seeds[i] (its own SamplingParams)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         r = self.cfg.rollout
-        params = SamplingParams(
-            n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens,
-            logprobs=0, seed=seed,
-        )  # fmt: skip
+        params = [
+            SamplingParams(
+                n=r.samples_per_prompt,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                max_tokens=r.max_new_tokens,
+                logprobs=0,
+                seed=seed,
+            )
+            for seed in seeds
+        ]
         prompts = [
             TokensPrompt(prompt_token_ids=ids[m.bool()].tolist())
             for ids, m in zip(prompt_ids, prompt_mask, strict=True)

@@ -34,10 +34,11 @@ def set_pole_anchor(actors: ActorGroups, data: PersonaData) -> None:
 
 
 def generate(actors: ActorGroups, records: list[PromptRecord], version: int, seed: int) -> RolloutBatch:
-    """Splits the prompts over the rollout actors; group ids stay global."""
+    """Splits the prompts over the rollout actors; group ids stay global, and so do the sampling seeds derived
+    from them (rollout.prompt_seeds)."""
     share = len(records) // len(actors.rollouts)
     futures = [
-        actor.generate.remote(records[i * share : (i + 1) * share], i * share, version, seed + i)
+        actor.generate.remote(records[i * share : (i + 1) * share], i * share, version, seed)
         for i, actor in enumerate(actors.rollouts)
     ]
     return concat(ray.get(futures))

@@ -7,7 +7,7 @@ import torch
 
 from rlhf.config import load_config
 from rlhf.prompts import load_prompts
-from rlhf.rollout import RolloutWorker, decode_responses, response_mask_until_eos
+from rlhf.rollout import RolloutWorker, decode_responses, prompt_seeds, response_mask_until_eos
 from rlhf.sync import StaleWeightsError, snapshot
 from tests.conftest import randomize_experts
 
@@ -15,6 +15,13 @@ from tests.conftest import randomize_experts
 def test_response_mask_until_eos() -> None:
     ids = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 9, 2, 9]])
     assert response_mask_until_eos(ids, 2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_prompt_seeds_never_repeat_across_prompts_actors_and_steps() -> None:
+    """Actor 1 of a step (groups 2-3) and the next step's actor 0 used to share seeds; vLLM adds k for sample k."""
+    g = 4
+    drawn = [s + k for step in (7, 8) for first in (0, 2) for s in prompt_seeds(step, first, 2, g) for k in range(g)]
+    assert len(set(drawn)) == len(drawn) == 2 * 2 * 2 * g
 
 
 def test_decode_responses_leaves_padding_out() -> None:

@@ -20,3 +20,4 @@ def test_vllm_rollout_logprobs_match_the_hf_mixture(tiny_model_dir) -> None:
     assert result["max_logprob_gap"] < 1e-3  # the folded LoRA in vLLM is the mixture the learner scores
     assert result["adapter_folders"] == ["v1-p0", "v1-p1"]  # the first version's folders are gone
     assert not result["folder_left_after_close"]
+    assert result["repeated_prompt_groups_differ"]  # each prompt samples with its own seeds

@@ -34,13 +34,14 @@ def main() -> None:
     relogged = worker.policy.logprobs(batch.input_ids, batch.attention_mask, batch.response_len, batch.routing_weights)
     gap = ((relogged - batch.rollout_logprobs) * batch.response_mask).abs().max().item()
     worker.set_weights(snapshot(worker.policy, version=1))  # the next version's adapters replace the first's on disk
-    worker.generate(load_prompts("builtin")[:2], 0, 1, seed=4)
+    twice = worker.generate(load_prompts("builtin")[:1] * 2, 0, 1, seed=4)  # one prompt, two groups
     folders = sorted(p.name for p in worker.engine.folder.iterdir())
     worker.close()
     result = {
         "adapter_folders": folders,
         "folder_left_after_close": worker.engine.folder.exists(),
         "shape": list(batch.response_ids.shape),
+        "repeated_prompt_groups_differ": not torch.equal(twice.response_ids[:4], twice.response_ids[4:]),
         "max_logprob_gap": gap,
         "tokens": int(batch.response_mask.sum()),
         "finite": bool(torch.isfinite(relogged).all()),
