@@ -97,9 +97,20 @@ class Learner:
         rows = cfg.data.prompts_per_step * cfg.rollout.samples_per_prompt // (world_size * cfg.algorithm.minibatches)
         self.grad_accum = math.ceil(rows / cfg.learner.micro_batch_size)  # micro-batches per optimizer step
         groups = [
-            {"params": [p for p in self.policy.router.parameters() if p.requires_grad], "lr": cfg.learner.router_lr},
-            {"params": [p for n, p in self.policy.named_parameters() if "lora_" in n and p.requires_grad]},
-            {"params": list(self.critic.parameters()) if self.critic else [], "lr": cfg.learner.critic_lr},
+            {
+                "name": "router",
+                "params": [p for p in self.policy.router.parameters() if p.requires_grad],
+                "lr": cfg.learner.router_lr,
+            },
+            {
+                "name": "experts",
+                "params": [p for n, p in self.policy.named_parameters() if "lora_" in n and p.requires_grad],
+            },
+            {
+                "name": "critic",
+                "params": list(self.critic.parameters()) if self.critic else [],
+                "lr": cfg.learner.critic_lr,
+            },
         ]
         groups = [g for g in groups if g["params"]]
         optimizer = torch.optim.AdamW(groups, lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
@@ -167,6 +178,7 @@ class Learner:
         means over micro-batches.
         """
         algo = self.cfg.algorithm
+        lr = {f"lr/{group['name']}": group["lr"] for group in self.optimizer.param_groups}  # this update's first step
         minibatches = shard.to(self.device).shards(algo.minibatches)
         losses: list[float] = []
         sums: dict[str, float] = {}
@@ -184,7 +196,7 @@ class Learner:
                         seen[key] = seen.get(key, 0) + 1
         self.version += 1
         means = {k: v / seen[k] for k, v in sums.items()}
-        return {"loss": sum(losses) / len(losses), **means, "actor/lr": self.scheduler.get_last_lr()[-1]}
+        return {"loss": sum(losses) / len(losses), **means, **lr}
 
     def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, float]:
         algo, mask = self.cfg.algorithm, mb.response_mask

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -15,6 +17,7 @@ from rlhf.config import JobConfig
 from rlhf.learner import Learner, MinibatchCounts, init_distributed
 from rlhf.pole_anchor import PersonaData
 from rlhf.sync import AdapterState
+from rlhf.transfer import read_folder, write_folder
 
 
 class LearnerActor:
@@ -60,8 +63,16 @@ class LearnerActor:
     def training_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         return self.learner.training_state()
 
-    def load_training_state(self, policy_dir: str, tensors: dict[str, Tensor], document: dict[str, Any]) -> None:
-        self.learner.load_training_state(policy_dir, tensors, document)
+    def load_training_state(
+        self, policy_files: dict[str, bytes], tensors: dict[str, Tensor], document: dict[str, Any]
+    ) -> None:
+        """``policy_files``: the checkpoint's policy folder as bytes (read by the driver, on any node)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            write_folder(Path(tmp), policy_files)
+            self.learner.load_training_state(tmp, tensors, document)
 
-    def save_policy(self, path: str) -> None:
-        self.learner.policy.save_pretrained(path)
+    def policy_files(self) -> dict[str, bytes]:
+        """The policy folder as bytes, for the driver to write wherever the run folder is."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.learner.policy.save_pretrained(Path(tmp) / "policy")
+            return read_folder(Path(tmp) / "policy")

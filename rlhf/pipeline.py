@@ -8,6 +8,7 @@ stage runs; each stage reads the previous stage's output.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,20 @@ def run_stage(name: str, stage_cfg: FrozenConfig) -> None:
         from rlhf.trainer import fit
 
         assert isinstance(stage_cfg, JobConfig)
-        fit(stage_cfg)
+        fit(stage_cfg, resume=rl_resume(Path(stage_cfg.run.output_dir) / stage_cfg.run.name))
     else:
         run_evaluation(stage_cfg)
+
+
+def rl_resume(run_dir: Path) -> str | None:
+    """How an interrupted RL stage continues: from its latest checkpoint ("latest"), or, when it stopped before
+    the first one, from scratch (its partial folder holds nothing to keep and is removed)."""
+    if any((run_dir / "checkpoints").glob("step_*")):
+        return "latest"
+    if run_dir.exists():
+        print(f"[pipeline] {run_dir} stopped before its first checkpoint; RL starts over", flush=True)
+        shutil.rmtree(run_dir)
+    return None
 
 
 def stage_done(name: str, stage_cfg: FrozenConfig) -> bool:

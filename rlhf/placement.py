@@ -69,9 +69,11 @@ def create_actors(cfg: JobConfig) -> ActorGroups:
     group = placement_group(bundles, strategy="PACK" if cfg.placement.colocate else "SPREAD")
     ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
     if not ready:
+        ray.util.remove_placement_group(group)
         raise RuntimeError(
             f"Ray could not place {bundles} within {PLACEMENT_TIMEOUT_S}s (cluster has {ray.cluster_resources()}); "
-            "lower learner.cpus_per_learner / rollout.cpus_per_actor or add nodes"
+            "lower learner.cpus_per_learner / gpus_per_learner, rollout.cpus_per_actor / gpus_per_actor, the "
+            "learner and rollout counts, or add nodes"
         )
 
     def place(cls: type, index: int, cpus: float, gpus: float, *args: Any) -> Any:
@@ -86,9 +88,15 @@ def create_actors(cfg: JobConfig) -> ActorGroups:
         place(RolloutActor, lc.num_learners + j, rc.cpus_per_actor, rc.gpus_per_actor, cfg)
         for j in range(rc.num_actors)
     ]
-    master_addr, master_port = ray.get(learners[0].master_address.remote())
-    ray.get([learner.setup.remote(master_addr, master_port) for learner in learners])
-    return ActorGroups(learners, rollouts, group)
+    actors = ActorGroups(learners, rollouts, group)
+    try:
+        master_addr, master_port = ray.get(learners[0].master_address.remote())
+        ray.get([learner.setup.remote(master_addr, master_port) for learner in learners])
+        ray.get([rollout.node_id.remote() for rollout in rollouts])  # a rollout that failed to start raises here
+    except BaseException:
+        release(actors)  # a long-lived driver must not keep a failed job's resources reserved
+        raise
+    return actors
 
 
 def release(actors: ActorGroups) -> None:

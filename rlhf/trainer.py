@@ -20,13 +20,19 @@ from rlhf.placement import ActorGroups, create_actors, release, start_ray
 from rlhf.pole_anchor import load_persona_data
 from rlhf.prompts import PromptStream, load_prompts
 from rlhf.tracking import Tracker
+from rlhf.transfer import read_folder, write_folder
 
 CHECKPOINTS = "checkpoints"
 
 
+def checkpoint_steps(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of a run's checkpoints, oldest first (only complete ones exist: they are written atomically)."""
+    return sorted((int(d.name.removeprefix("step_")), d) for d in (run_dir / CHECKPOINTS).glob("step_*"))
+
+
 def latest_checkpoint(run_dir: Path) -> Path:
-    """The highest checkpoints/step_N of a run folder (only complete ones exist: they are written atomically)."""
-    steps = sorted((int(d.name.removeprefix("step_")), d) for d in (run_dir / CHECKPOINTS).glob("step_*"))
+    """The highest checkpoints/step_N of a run folder."""
+    steps = checkpoint_steps(run_dir)
     if not steps:
         raise FileNotFoundError(f"--resume: {run_dir / CHECKPOINTS} holds no checkpoint to resume from")
     return steps[-1][1]
@@ -39,6 +45,13 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
     checkpoint = latest_checkpoint(run_dir) if resume == "latest" else Path(resume)
     if not (checkpoint / "trainer_state.json").is_file():
         raise FileNotFoundError(f"--resume: {checkpoint} is not a checkpoint folder (no trainer_state.json)")
+    step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    newer = [d.name for s, d in checkpoint_steps(run_dir) if s > step]
+    if newer:  # they belong to the history this resume abandons; a later --resume latest would pick them up
+        raise FileExistsError(
+            f"--resume {checkpoint}: {run_dir / CHECKPOINTS} holds newer checkpoints {newer}; delete them to go on "
+            f"from step {step}, or resume from the latest"
+        )
     return checkpoint
 
 
@@ -75,7 +88,7 @@ def save_checkpoint(actors: ActorGroups, run_dir: Path, step: int, state: dict) 
     scheduler, critic, RNG; see learner_state.py) and trainer_state.json (step, version, data cursor, rewards)."""
     target = run_dir / CHECKPOINTS / f"step_{step}"
     with atomic_dir(target) as tmp:
-        ray.get(actors.learners[0].save_policy.remote(str(tmp / "policy")))
+        write_folder(tmp / "policy", ray.get(actors.learners[0].policy_files.remote()))
         for rank, (tensors, document) in enumerate(ray.get([lr.training_state.remote() for lr in actors.learners])):
             learner_state.save(tmp / "learner", rank, tensors, document)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
@@ -89,8 +102,8 @@ def restore_checkpoint(
     Returns (step, weight version)."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     saved = [learner_state.load(checkpoint / "learner", rank) for rank in range(len(actors.learners))]
-    policy_dir = str(checkpoint / "policy")
-    ray.get([lr.load_training_state.remote(policy_dir, *s) for lr, s in zip(actors.learners, saved, strict=True)])
+    policy = ray.put(read_folder(checkpoint / "policy"))  # learners on other nodes cannot read the driver's disk
+    ray.get([lr.load_training_state.remote(policy, *s) for lr, s in zip(actors.learners, saved, strict=True)])
     stream.load_state_dict(state["data"])
     composer.load_state_dict(state["rewards"])
     version, _ = stages.sync_weights(actors)
@@ -137,48 +150,56 @@ def train(
     """The RL loop, one stage per block, from step ``start + 1`` with rollouts holding weights ``version``."""
     experts = cfg.policy.experts
     tracker = Tracker(run_dir, cfg.run.steps, experts, start_step=start)
-    for step in range(start + 1, cfg.run.steps + 1):
-        timings: dict[str, float] = {}
-        step_start = time.perf_counter()
+    try:
+        for step in range(start + 1, cfg.run.steps + 1):
+            timings: dict[str, float] = {}
+            step_start = time.perf_counter()
 
-        # 1. route + sample G replies per prompt with the current persona mixture
-        with stages.timed(timings, "gen"):
-            batch = stages.generate(actors, stream.next_batch(), version, seed=cfg.run.seed * 100_003 + step)
+            # 1. route + sample G replies per prompt with the current persona mixture
+            with stages.timed(timings, "gen"):
+                batch = stages.generate(actors, stream.next_batch(), version, seed=cfg.run.seed * 100_003 + step)
 
-        # 2. social-emotional rewards minus safety penalties, every component kept for the log
-        with stages.timed(timings, "reward"):
-            scored = composer(batch.prompts, batch.completions, category=batch.categories)
-            batch.rewards = scored.rewards
+            # 2. social-emotional rewards minus safety penalties, every component kept for the log
+            with stages.timed(timings, "reward"):
+                scored = composer(batch.prompts, batch.completions, category=batch.categories)
+                batch.rewards = scored.rewards
 
-        # 3. pi_old (current router + experts), pi_ref (adapters off) and PPO's values, on the learners
-        with stages.timed(timings, "ref"):
-            stages.score(actors, batch)
+            # 3. pi_old (current router + experts), pi_ref (adapters off) and PPO's values, on the learners
+            with stages.timed(timings, "ref"):
+                stages.score(actors, batch)
 
-        # 4. advantages: GRPO group baselines or PPO's GAE (cheap; on the driver)
-        with stages.timed(timings, "adv"):
-            stages.compute_advantages(batch, cfg.algorithm)
+            # 4. advantages: GRPO group baselines or PPO's GAE (cheap; on the driver)
+            with stages.timed(timings, "adv"):
+                stages.compute_advantages(batch, cfg.algorithm)
 
-        # 5. update router + experts on the DeepSpeed learners
-        with stages.timed(timings, "update"):
-            learner_metrics = stages.update(actors, batch, cfg)
+            # 5. update router + experts on the DeepSpeed learners
+            with stages.timed(timings, "update"):
+                learner_metrics = stages.update(actors, batch, cfg)
 
-        # 6. push the new adapters (not the base) to the rollout actors
-        with stages.timed(timings, "sync"):
-            version, sync_bytes = stages.sync_weights(actors)
+            # 6. push the new adapters (not the base) to the rollout actors
+            with stages.timed(timings, "sync"):
+                version, sync_bytes = stages.sync_weights(actors)
 
-        # 7. log, checkpoint
-        metrics = {
-            **stages.rollout_metrics(batch, experts, timings["timing/gen"]),
-            **{key: value.mean().item() for key, value in scored.components.items()},
-            **learner_metrics,
-            "sync/bytes": float(sync_bytes),
-            "sync/seconds": timings["timing/sync"],
-            **timings,
-            "time/step_s": time.perf_counter() - step_start,
-        }
-        tracker.log(step, metrics)
-        if step % cfg.run.save_every == 0 or step == cfg.run.steps:
-            state = {"step": step, "version": version, "data": stream.state_dict(), "rewards": composer.state_dict()}
-            save_checkpoint(actors, run_dir, step, state)
-    ray.get(actors.learners[0].save_policy.remote(str(run_dir / "policy")))
-    tracker.close()
+            # 7. log, checkpoint
+            metrics = {
+                **stages.rollout_metrics(batch, experts, timings["timing/gen"]),
+                **{key: value.mean().item() for key, value in scored.components.items()},
+                **learner_metrics,
+                "sync/bytes": float(sync_bytes),
+                "sync/seconds": timings["timing/sync"],
+                **timings,
+                "time/step_s": time.perf_counter() - step_start,
+            }
+            tracker.log(step, metrics)
+            if step % cfg.run.save_every == 0 or step == cfg.run.steps:
+                state = {
+                    "step": step,
+                    "version": version,
+                    "data": stream.state_dict(),
+                    "rewards": composer.state_dict(),
+                }
+                save_checkpoint(actors, run_dir, step, state)
+        with atomic_dir(run_dir / "policy") as tmp:
+            write_folder(tmp, ray.get(actors.learners[0].policy_files.remote()))
+    finally:
+        tracker.close()  # a failed step still leaves its TensorBoard events and the curves so far

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from rlhf.pipeline import PipelineConfig, run_pipeline, stage_configs
+from rlhf.pipeline import PipelineConfig, rl_resume, run_pipeline, stage_configs
 
 
 def _config(tmp_path, tiny_model_dir) -> PipelineConfig:
@@ -55,3 +56,13 @@ def test_pipeline_runs_end_to_end_and_resumes(ray_local, tmp_path, tiny_model_di
     assert len(report["trait_directions"]["situational"]) == 10
     again = run_pipeline(cfg)
     assert [s["status"] for s in again.values()] == ["skipped"] * 5
+
+
+def test_an_interrupted_rl_stage_resumes_from_its_latest_checkpoint(tmp_path) -> None:
+    run_dir = tmp_path / "rl"
+    (run_dir / "checkpoints" / "step_4").mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert rl_resume(run_dir) == "latest" and run_dir.exists()
+    shutil.rmtree(run_dir / "checkpoints")  # stopped before its first checkpoint: start over
+    assert rl_resume(run_dir) is None and not run_dir.exists()
+    assert rl_resume(run_dir) is None  # never started

@@ -108,9 +108,9 @@ def test_resume_is_exact(ray_local, tiny_model_dir, tmp_path) -> None:
     a, b = rows(straight), rows(resumed)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for ra, rb in zip(a, b, strict=True):
-        for key in (*STEP_METRICS, "actor/lr"):
+        for key in (*STEP_METRICS, "lr/experts", "lr/router"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (ra["step"], key)
-    assert a[3]["actor/lr"] != a[1]["actor/lr"]  # warm-up moved the LR, so the scheduler state mattered
+    assert a[3]["lr/experts"] != a[1]["lr/experts"]  # warm-up moved the LR, so the scheduler state mattered
     final = [load_file(str(d / "policy/router.safetensors")) for d in (straight, resumed)]
     for key in final[0]:
         torch.testing.assert_close(final[1][key], final[0][key], rtol=1e-4, atol=1e-6)
@@ -128,3 +128,20 @@ def test_resume_refuses_a_changed_config(ray_local, tiny_model_dir, tmp_path) ->
         fit(changed, resume="latest")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         fit(load_config("configs/tiny_test.yaml", tiny_job_overrides(tiny_model_dir, tmp_path / "x")), resume="latest")
+
+
+def test_resume_from_an_older_checkpoint_refuses_while_newer_ones_exist(tmp_path) -> None:
+    """Resuming step_1 of a run that reached step_2 would leave step_2 of the abandoned history for the next
+    --resume latest; it is refused until the newer checkpoints are deleted."""
+    from rlhf.trainer import resolve_resume
+
+    for step in (1, 2):
+        folder = tmp_path / "checkpoints" / f"step_{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
+    assert resolve_resume(tmp_path, "latest") == tmp_path / "checkpoints/step_2"
+    with pytest.raises(FileExistsError, match=r"newer checkpoints \['step_2'\]"):
+        resolve_resume(tmp_path, str(tmp_path / "checkpoints/step_1"))
+    (tmp_path / "checkpoints/step_2/trainer_state.json").unlink()
+    (tmp_path / "checkpoints/step_2").rmdir()
+    assert resolve_resume(tmp_path, str(tmp_path / "checkpoints/step_1")) == tmp_path / "checkpoints/step_1"
