@@ -122,7 +122,7 @@ def test_resume_refuses_a_changed_config(ray_local, tiny_model_dir, tmp_path) ->
     cfg = load_config("configs/tiny_test.yaml", tiny_job_overrides(tiny_model_dir, tmp_path))
     (run / "config.json").write_text(cfg.model_dump_json())
     (run / "checkpoints/step_1").mkdir(parents=True)
-    (run / "checkpoints/step_1/trainer_state.json").write_text("{}")
+    (run / "checkpoints/step_1/trainer_state.json").write_text('{"step": 1}')
     changed = load_config("configs/tiny_test.yaml", tiny_job_overrides(tiny_model_dir, tmp_path, "learner.lr=0.5"))
     with pytest.raises(ValueError, match=r"learner\.lr"):
         fit(changed, resume="latest")
