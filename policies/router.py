@@ -51,6 +51,18 @@ def top_k_renormalise(probs: Tensor, k: int | None) -> Tensor:
     return sparse / sparse.sum(-1, keepdim=True)
 
 
+def replay_selection(probs: Tensor, used: Tensor) -> Tensor:
+    """Weights over the experts a rollout used (routing replay): probs (B, E) kept where ``used`` (B, E) > 0, then
+    renormalised to sum to 1 per row.
+
+    A learner in another precision than the rollout (bf16 on GPUs) can rank two near-tied experts the other way
+    and would score a sample under experts that did not generate it. Replaying the rollout's top-k keeps the
+    mixture on those experts; the router still learns through the kept probabilities. When both sides pick the
+    same experts this equals ``top_k_renormalise(probs, k)``."""
+    kept = probs * (used > 0)
+    return kept / kept.sum(-1, keepdim=True)
+
+
 class PersonaRouter(nn.Module):
     """MLP from a pooled situation embedding (B, d) to expert logits (B, E), then softmax and top-k."""
 

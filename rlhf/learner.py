@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from policies.export import load_policy_weights
 from policies.policy import bf16_autocast, token_logprobs
+from policies.router import replay_selection
 from rlhf import learner_state
 from rlhf.aggregation import aggregate
 from rlhf.batch import RolloutBatch
@@ -152,7 +153,7 @@ class Learner:
         columns: dict[str, list[Tensor]] = {"old_logprobs": [], "ref_logprobs": [], "values": []}
         for mb in self.micro_batches(batch):
             if self.cfg.algorithm.needs_old_logprobs:
-                weights = self.policy.route(mb.prompt_ids, mb.prompt_mask).weights
+                weights = replay_selection(self.policy.route(mb.prompt_ids, mb.prompt_mask).probs, mb.routing_weights)
                 with self.policy.mixture(weights), bf16_autocast(self.mixed_bf16):
                     logits, hidden = self.policy.response_outputs(
                         mb.input_ids,
@@ -201,8 +202,10 @@ class Learner:
     def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, float]:
         algo, mask = self.cfg.algorithm, mb.response_mask
         features = self.policy.situation_features(mb.prompt_ids, mb.prompt_mask)
-        routed = self.policy.router(features)  # fp32, as in rollouts: same top-k choices
-        with self.policy.mixture(routed.weights), bf16_autocast(self.mixed_bf16):
+        routed = self.policy.router(features)
+        weights = replay_selection(routed.probs, mb.routing_weights)  # the experts the sample was drawn with
+        replayed = ((routed.weights > 0) != (mb.routing_weights > 0)).any(-1).float().mean()
+        with self.policy.mixture(weights), bf16_autocast(self.mixed_bf16):
             logits, hidden = self.policy.response_outputs(
                 mb.input_ids, mb.attention_mask, mb.response_len, self.cfg.rollout.temperature,
                 with_hidden=self.critic is not None,
@@ -249,6 +252,7 @@ class Learner:
             "entropy": masked_mean(entropy, mask).item(),
             "clip_frac": metrics["actor/clip_frac"].item(),
             "router/aux_loss": routed.aux_loss.item(),
+            "router/replayed_selection": replayed.item(),  # rows whose own top-k differed from the rollout's
             **({"router/anchor_kl": anchor_kl.item()} if anchor_kl is not None else {}),
             **({"pole_anchor/loss": anchor.item()} if anchor is not None else {}),
             **critic_metrics,

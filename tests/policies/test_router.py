@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from policies.config import RouterConfig
-from policies.router import PersonaRouter, pool_prompt, top_k_renormalise
+from policies.router import PersonaRouter, pool_prompt, replay_selection, top_k_renormalise
 
 
 def test_mean_and_last_pooling_skip_padding() -> None:
@@ -37,3 +37,14 @@ def test_router_regulariser_is_scaled_and_differentiable() -> None:
     assert out.aux_loss.item() == pytest.approx(0.5 * 4 * (share * out.probs.mean(0)).sum().item())
     out.aux_loss.backward()
     assert router.mlp[-1].weight.grad.abs().sum() > 0
+
+
+def test_replay_selection_keeps_the_rollouts_experts() -> None:
+    probs = torch.tensor([[0.40, 0.35, 0.25], [0.50, 0.30, 0.20]], requires_grad=True)
+    used = torch.tensor([[0.0, 0.6, 0.4], [0.7, 0.3, 0.0]])  # row 0: the rollout ranked experts 1, 2 first
+    weights = replay_selection(probs, used)
+    expected = torch.tensor([[0.0, 0.35 / 0.60, 0.25 / 0.60], [0.5 / 0.8, 0.3 / 0.8, 0.0]])
+    torch.testing.assert_close(weights, expected)
+    torch.testing.assert_close(replay_selection(probs, top_k_renormalise(probs, 2))[1], top_k_renormalise(probs, 2)[1])
+    weights[0, 1].backward()  # the router still learns through the kept probabilities
+    assert probs.grad[0, 1] > 0 and probs.grad[0, 2] < 0 and probs.grad[0, 0] == 0

@@ -184,3 +184,22 @@ def test_optimizer_offload_matches_no_offload(ray_local, tiny_model_dir) -> None
     b = first_lora_b(s0)
     assert s1.tensors[b].abs().sum() > 0
     torch.testing.assert_close(s1.tensors[b], s0.tensors[b], atol=1e-5, rtol=1e-4)
+
+
+def test_learner_replays_the_rollouts_expert_selection(ray_local, tiny_model_dir) -> None:
+    """Updates use the experts the sample was drawn with, not the learner's own top-k: with the batch's routing
+    moved to other experts, every row is reported replayed, and exactly the experts the batch names are trained
+    (fresh experts have B = 0, so an expert outside the mixture gets no gradient)."""
+    overrides = tiny_overrides(tiny_model_dir, "learner.micro_batch_size=8", "algorithm.kl.coef=0.1")
+    batch = sample_batch(overrides)
+    moved = batch.select(slice(None))
+    moved.routing_weights = batch.routing_weights.roll(3, dims=-1)  # top-2 of other experts, same weights
+    (own, _, s_own), (replayed, _, s_moved) = (one_step(load_config(None, overrides), b) for b in (batch, moved))
+    assert own["router/replayed_selection"] == 0.0 and replayed["router/replayed_selection"] == 1.0
+
+    def trained(state) -> set[int]:
+        b = state.tensors[first_lora_b(state)]  # (E, d_out, r)
+        return set((b.abs().sum((1, 2)) > 0).nonzero().flatten().tolist())
+
+    for state, routing in ((s_own, batch.routing_weights), (s_moved, moved.routing_weights)):
+        assert trained(state) == set((routing > 0).any(0).nonzero().flatten().tolist())
