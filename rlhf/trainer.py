@@ -56,11 +56,13 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
 
 
 def check_same_run(cfg: JobConfig, run_dir: Path) -> None:
-    """A resumed run must use the config it was started with; only run.steps may grow."""
+    """A resumed run must use the config it was started with; only run.steps may grow. A key the saved config
+    lacks (added to the code since the run started) counts as its default, which is what the run had."""
     saved = json.loads((run_dir / "config.json").read_text())
     now = json.loads(cfg.model_dump_json())
     saved["run"].pop("steps"), now["run"].pop("steps")
-    changed = [key for key in _flat(now) if _flat(now).get(key) != _flat(saved).get(key)]
+    defaults, saved_flat, now_flat = _flat(json.loads(JobConfig().model_dump_json())), _flat(saved), _flat(now)
+    changed = [key for key, value in now_flat.items() if value != saved_flat.get(key, defaults.get(key))]
     if changed:
         raise ValueError(f"--resume: the config differs from {run_dir / 'config.json'} at {changed[:5]}")
 

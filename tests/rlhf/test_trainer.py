@@ -145,3 +145,15 @@ def test_resume_from_an_older_checkpoint_refuses_while_newer_ones_exist(tmp_path
     (tmp_path / "checkpoints/step_2/trainer_state.json").unlink()
     (tmp_path / "checkpoints/step_2").rmdir()
     assert resolve_resume(tmp_path, str(tmp_path / "checkpoints/step_1")) == tmp_path / "checkpoints/step_1"
+
+
+def test_resume_accepts_a_run_saved_before_a_config_key_existed(tmp_path) -> None:
+    from rlhf.config import JobConfig
+    from rlhf.trainer import check_same_run
+
+    saved = json.loads(JobConfig().model_dump_json())
+    del saved["policy"]["train_lora_a"]  # a run started before the key was added ran with its default
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_same_run(load_config(None, []), tmp_path)
+    with pytest.raises(ValueError, match=r"policy\.train_lora_a"):
+        check_same_run(load_config(None, ["policy.train_lora_a=false"]), tmp_path)
