@@ -105,6 +105,8 @@ def _text(row: dict, field: str, where: str, role: str | None = None, required: 
         return ""
     if isinstance(value, list) and role is not None:
         turns = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == role]
+        if not turns and not required:
+            return ""  # e.g. an implicit-prompt conversation that opens with the assistant
         value = turns[-1] if turns else None
     if not isinstance(value, str) or not value.strip():
         raise RewardDataError(f"{where}: field {field!r} must be a non-empty string, got {value!r:.80}")
