@@ -211,7 +211,7 @@ class PoleContrast:
                 base = reply_logprobs(self.policy, batch, torch.zeros_like(batch["weights"]))
             means = row_means(base, batch["response_mask"])
             self.ref.update(zip(missing, means.tolist(), strict=True))
-        return torch.tensor([self.ref[(s, r)] for _, s, r in rows])
+        return torch.tensor([self.ref[(s, r)] for _, s, r in rows], device=self.policy.device)
 
     def __call__(self, rows: list[tuple[int, str, str]], own_logprobs: Tensor, own_mask: Tensor) -> Tensor | None:
         """The loss over the rows that have a pair (None when none has); ``own_logprobs`` (B, T) are the rows'

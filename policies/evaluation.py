@@ -197,21 +197,22 @@ def mc_loglik_choice(policy: PersonaFusePolicy, item: MCItem, weights: Tensor | 
 def parse_choice(text: str, n: int) -> int | None:
     """The option a free-text answer names, or None. Tried in order: a letter after "answer" ("The answer is B",
     "Answer: b") or in parentheses ("(C)"); a reply that opens with a letter and ".", ")" or ":" ("b) because"); the
-    first standalone capital letter that is not an English word ("A friend", "I would", "I'd" are not options); a
-    standalone option number 1..n."""
+    first standalone capital letter; a standalone option number 1..n. "A" and "I" are English words too: followed by
+    a lower-case word or an apostrophe ("A friend", "I would", "I'd") they are not options."""
     upper = LETTERS[:n]
     both = upper + upper.lower()
-    not_a_word = r"(?![\w'])(?!\s+[a-z])"  # the letter is not followed by more of a word or by a lower-case word
     patterns = (
-        rf"\b[Aa][Nn][Ss][Ww][Ee][Rr]\b\s*(?:is\s+|:\s*)?\(?([{both}]){not_a_word}",
+        rf"\b[Aa][Nn][Ss][Ww][Ee][Rr]\b\s*(?:is\s+|:\s*)?\(?([{both}])\b",
         rf"\(([{both}])\)",
         rf"^\s*([{both}])\s*[.):](?!\w)",
-        rf"\b([{upper}]){not_a_word}",
+        rf"\b([{upper}])\b",
         rf"\b([1-{min(n, 9)}])\b",
     )
     for pattern in patterns:
-        if match := re.search(pattern, text):
+        for match in re.finditer(pattern, text):
             token = match.group(1)
+            if token in "AaIi" and re.match(r"['\u2019]|\s+[a-z]", text[match.end(1) :]):
+                continue
             return int(token) - 1 if token.isdigit() else LETTERS.index(token.upper())
     return None
 

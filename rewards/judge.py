@@ -17,7 +17,8 @@ message. Placeholders are filled in one pass, so braces inside the situation or 
 
 **Judge prompt.** With a chat template (the judge tokenizer's own): system = the instructions, user = the filled
 template, then the generation prompt + ``"Score: "`` (instructions fold into the user turn when the template has no
-system role). Without one: plain text ``instructions + "\\n\\n" + user + "\\n\\nScore: "``. The situation is the last
+system role). Without one: plain text ``instructions + "\\n\\n" + user + "\\n\\nScore: "``. Byte-level BPE
+tokenizers end the prompt in ``"Score:"`` instead (see ``score_tokens``). The situation is the last
 user turn of a chat-templated RL prompt (ChatML or Llama-3 markers), else the whole prompt.
 
 **Engines.** ``hf``: transformers forward on left-padded batches, logits at the last position only. ``vllm``: one

@@ -114,6 +114,7 @@ class Learner:
             },
         ]
         groups = [g for g in groups if g["params"]]
+        self.group_names = [g.pop("name") for g in groups]  # kept here: a restored optimizer state drops extra keys
         optimizer = torch.optim.AdamW(groups, lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
         warmup = cfg.learner.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
@@ -179,7 +180,9 @@ class Learner:
         means over micro-batches.
         """
         algo = self.cfg.algorithm
-        lr = {f"lr/{group['name']}": group["lr"] for group in self.optimizer.param_groups}  # this update's first step
+        lr = {  # the rates of this update's first optimizer step
+            f"lr/{name}": group["lr"] for name, group in zip(self.group_names, self.optimizer.param_groups, strict=True)
+        }
         minibatches = shard.to(self.device).shards(algo.minibatches)
         losses: list[float] = []
         sums: dict[str, float] = {}

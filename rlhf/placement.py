@@ -101,7 +101,8 @@ def create_actors(cfg: JobConfig) -> ActorGroups:
 
 def release(actors: ActorGroups) -> None:
     """Kills the actors and frees their placement group, so the cluster can host the next job. The rollout actors
-    first delete their adapter files: a killed actor runs no cleanup, and a dead or hung one is not waited on."""
+    first delete their adapter files: a killed actor runs no cleanup (a busy or hung one is waited on for at most
+    60 s, a dead one not at all)."""
     ray.wait([rollout.close.remote() for rollout in actors.rollouts], num_returns=len(actors.rollouts), timeout=60)
     for actor in actors.learners + actors.rollouts:
         ray.kill(actor)

@@ -29,7 +29,7 @@ def prompt_seeds(step_seed: int, first_group: int, count: int, samples: int) -> 
     """One sampling seed per prompt, from the step's seed and the prompt's global group index. vLLM draws sample k
     of a prompt with seed + k, so seeds sit ``samples`` apart: no two replies of a step share a random stream, not
     even those of a prompt that appears twice, and another actor or step never reuses them."""
-    return [(step_seed * 1_000_003 + first_group + j) * samples for j in range(count)]
+    return [((step_seed * 1_000_003 + first_group + j) * samples) % 2**62 for j in range(count)]  # torch: < 2**64
 
 
 def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> list[str]:

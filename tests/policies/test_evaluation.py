@@ -27,6 +27,8 @@ def test_parse_choice_and_refusals() -> None:
     assert parse_choice("As a friend, I'd pick C", 4) == 2  # "a" and "I" are words here, not options
     assert parse_choice("I would choose B", 10) == 1 and parse_choice("Answer: (d)", 4) == 3
     assert parse_choice("The answer is a hard one", 4) is None
+    assert parse_choice("The answer is C because it helps", 4) == 2 and parse_choice("B is the kindest option", 4) == 1
+    assert parse_choice("I choose C because", 4) == 2 and parse_choice("A. Because it is kind", 4) == 0
     assert is_refusal("I'm sorry, but I can't help with that.") and not is_refusal("I can see why that hurts.")
 
 

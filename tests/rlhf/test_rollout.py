@@ -22,6 +22,7 @@ def test_prompt_seeds_never_repeat_across_prompts_actors_and_steps() -> None:
     g = 4
     drawn = [s + k for step in (7, 8) for first in (0, 2) for s in prompt_seeds(step, first, 2, g) for k in range(g)]
     assert len(set(drawn)) == len(drawn) == 2 * 2 * 2 * g
+    assert max(prompt_seeds((2**31 - 1) * 100_003 + 5, 40, 8, 8)) < 2**62  # torch seeds must stay below 2**64
 
 
 def test_decode_responses_leaves_padding_out() -> None:
