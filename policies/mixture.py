@@ -121,9 +121,10 @@ class LoRAMixtureLinear(nn.Module):
         self._b_cache: tuple[tuple[int, int], Tensor] | None = None
 
     def _b_stacked_for_inference(self) -> Tensor | None:
-        """``stacked_b(lora_B)`` computed once per weight version when no gradient is taken (sampling); the key
-        is B's in-place version counter and storage, so an optimizer step or a weight load refreshes it."""
-        if torch.is_grad_enabled():
+        """``stacked_b(lora_B)`` computed once per weight version when sampling (eval mode, no gradient); the key
+        is B's in-place version counter and storage, so a weight load (``copy_``) refreshes it. Never in train
+        mode: optimizers such as DeepSpeed's write parameters through ``.data``, which bumps no version counter."""
+        if torch.is_grad_enabled() or self.training:
             return None
         key = (self.lora_B._version, self.lora_B.data_ptr())
         if self._b_cache is None or self._b_cache[0] != key:

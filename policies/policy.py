@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from policies.config import PersonaConfig
 from policies.mixture import LoRAMixtureLinear, Routing, RoutingSlot, make_routing
@@ -80,6 +80,32 @@ class PersonaFusePolicy(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=False)
         return cls(model, tokenizer, config)
 
+    @classmethod
+    def without_base(cls, config: PersonaConfig) -> PersonaFusePolicy:
+        """The experts and router alone, with the base's modules on the meta device (no weights, no memory): what a
+        vLLM rollout needs to fold personas, since vLLM holds the base itself. Adapters are zeros until a snapshot
+        is loaded; anything that runs the base (``route``, ``logprobs``, ``generate``) raises."""
+        model_config = AutoConfig.from_pretrained(config.base_model, trust_remote_code=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=False)
+        policy = cls(model, tokenizer, config)  # the router is built on the CPU; the mixture follows the base: meta
+        for layer in policy.mixture_layers.values():
+            layer.lora_A = nn.Parameter(torch.zeros(layer.lora_A.shape), requires_grad=False)
+            layer.lora_B = nn.Parameter(torch.zeros(layer.lora_B.shape), requires_grad=False)
+        return policy
+
+    @property
+    def has_base_weights(self) -> bool:
+        return not self.model.get_input_embeddings().weight.is_meta
+
+    def _require_base(self) -> None:
+        if not self.has_base_weights:
+            raise RuntimeError(
+                "this policy holds the adapters only (PersonaFusePolicy.without_base): running the base needs "
+                "PersonaFusePolicy.from_base or from_pretrained"
+            )
+
     def _attach_mixture(self, config: PersonaConfig) -> dict[str, LoRAMixtureLinear]:
         layers: dict[str, LoRAMixtureLinear] = {}
         for name, module in list(self.model.named_modules()):
@@ -123,6 +149,7 @@ class PersonaFusePolicy(nn.Module):
     def situation_features(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
         """The router's input (B, d): the frozen base's hidden states (configured layer), adapters off, pooled
         over the prompt tokens. Constant while experts train, so stage 2 can cache it."""
+        self._require_base()
         with self.adapters_disabled():
             out = self.model.base_model(
                 input_ids=prompt_ids,
@@ -190,6 +217,7 @@ class PersonaFusePolicy(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """(logits / temperature (B, T, V), final hidden states (B, T, H) or None) at the positions that predict
         the last ``response_len`` tokens: position t is the state before response token t (the critic's s_t)."""
+        self._require_base()
         out = self.model.get_decoder()(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -216,6 +244,7 @@ class PersonaFusePolicy(nn.Module):
         top_p: float = 1.0,
     ) -> list[Reply]:
         """Replies to chat conversations with the persona chosen by the router, a profile or explicit weights."""
+        self._require_base()
         prompts = [
             self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations
         ]
@@ -270,13 +299,17 @@ class PersonaFusePolicy(nn.Module):
         """Restores a saved policy exactly; ``base_model`` overrides the base folder recorded at save time."""
         from policies.export import load_policy_weights
 
-        path = Path(path)
-        config_file = path / "persona_config.json"
+        policy = cls.from_base(cls.saved_config(path, base_model), dtype)
+        load_policy_weights(policy, Path(path))
+        return policy
+
+    @staticmethod
+    def saved_config(path: str | Path, base_model: str | None = None) -> PersonaConfig:
+        """A saved policy's PersonaConfig; ``base_model`` overrides the base folder recorded at save time."""
+        config_file = Path(path) / "persona_config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{config_file} not found: not a PersonaFuse policy folder")
         raw = json.loads(config_file.read_text())
         if base_model is not None:
             raw["base_model"] = base_model
-        policy = cls.from_base(PersonaConfig.model_validate(raw), dtype)
-        load_policy_weights(policy, path)
-        return policy
+        return PersonaConfig.model_validate(raw)

@@ -16,12 +16,12 @@ def base_model_dir(cfg: JobConfig) -> str:
     return resolve_model_dir(cfg.policy.base_model)
 
 
-def build_policy(cfg: JobConfig) -> PersonaFusePolicy:
-    """A fresh policy (seeded) or the one saved at policy.init_from, on the configured base."""
+def persona_config(cfg: JobConfig) -> PersonaConfig:
+    """The policy's architecture: the one saved at policy.init_from, or the config's policy section."""
     if cfg.policy.init_from:
-        return PersonaFusePolicy.from_pretrained(cfg.policy.init_from, base_model=base_model_dir(cfg))
+        return PersonaFusePolicy.saved_config(cfg.policy.init_from, base_model=base_model_dir(cfg))
     p = cfg.policy
-    persona = PersonaConfig(
+    return PersonaConfig(
         base_model=base_model_dir(cfg),
         experts=p.experts,
         rank=p.rank,
@@ -29,8 +29,21 @@ def build_policy(cfg: JobConfig) -> PersonaFusePolicy:
         target_modules=p.target_modules,
         router=p.router,
     )
-    torch.manual_seed(cfg.run.seed)  # every rank and rollout builds the same initial router and experts
-    return PersonaFusePolicy.from_base(persona)
+
+
+def build_policy(cfg: JobConfig) -> PersonaFusePolicy:
+    """A fresh policy (seeded) or the one saved at policy.init_from, on the configured base."""
+    if cfg.policy.init_from:
+        return PersonaFusePolicy.from_pretrained(cfg.policy.init_from, base_model=base_model_dir(cfg))
+    torch.manual_seed(cfg.run.seed)  # every rank builds the same initial router and experts
+    return PersonaFusePolicy.from_base(persona_config(cfg))
+
+
+@torch.no_grad()
+def route_records(policy: PersonaFusePolicy, records: list[PromptRecord], max_tokens: int) -> Tensor:
+    """The router's weights (N, E) for prompt records, on the CPU (where the rollouts take them)."""
+    _, ids, mask = tokenize_prompts(policy, records, max_tokens)
+    return policy.route(ids.to(policy.device), mask.to(policy.device)).weights.float().cpu()
 
 
 def tokenize_prompts(policy: PersonaFusePolicy, records: list[PromptRecord], max_tokens: int) -> tuple[

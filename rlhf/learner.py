@@ -22,13 +22,14 @@ from policies.router import replay_selection
 from rlhf import learner_state
 from rlhf.aggregation import aggregate
 from rlhf.batch import RolloutBatch
-from rlhf.build import build_policy
+from rlhf.build import build_policy, route_records
 from rlhf.config import JobConfig
 from rlhf.critic import ValueHead
 from rlhf.kl import get_kl_estimator
 from rlhf.masked import masked_mean
 from rlhf.pole_anchor import PersonaData, PoleAnchor
 from rlhf.policy_loss import entropy_from_logits, policy_loss, value_loss
+from rlhf.prompts import PromptRecord
 from rlhf.router_losses import router_anchor_kl
 from rlhf.sync import AdapterState, snapshot
 
@@ -139,6 +140,11 @@ class Learner:
         """Turns on ``algorithm.pole_anchor`` with stage 1a's persona data; returns the number of paired rows."""
         self.pole_anchor = PoleAnchor(self.policy, data, self.cfg.algorithm.pole_anchor, seed=self.cfg.run.seed)
         return len(self.pole_anchor.rows)
+
+    def route(self, records: list[PromptRecord]) -> Tensor:
+        """The current router's weights (N, E) for the step's prompts, on the CPU: the rollouts sample with them
+        (and keep no base copy to route with). Computed as the update does (fp32 router input, outside autocast)."""
+        return route_records(self.policy, records, self.cfg.data.max_prompt_tokens)
 
     def micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
         size = self.cfg.learner.micro_batch_size

@@ -16,6 +16,7 @@ from rlhf.batch import RolloutBatch
 from rlhf.config import JobConfig
 from rlhf.learner import Learner, MinibatchCounts, init_distributed
 from rlhf.pole_anchor import PersonaData
+from rlhf.prompts import PromptRecord
 from rlhf.sync import AdapterState
 from rlhf.transfer import read_folder, write_folder
 
@@ -43,6 +44,9 @@ class LearnerActor:
 
     def set_pole_anchor(self, data: PersonaData) -> int:
         return self.learner.set_pole_anchor(data)
+
+    def route(self, records: list[PromptRecord]) -> Tensor:
+        return self.learner.route(records)
 
     def score(self, shard: RolloutBatch) -> dict[str, Tensor]:
         return self.learner.score(shard)

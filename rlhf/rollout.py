@@ -1,8 +1,9 @@
-"""Rollout worker: routes prompts, samples G replies per prompt with the persona mixture, returns a RolloutBatch.
+"""Rollout worker: samples G replies per prompt with the persona mixture the learners routed, returns a RolloutBatch.
 
-The worker holds the base once (an HF PersonaFusePolicy: the router reads its hidden states, and the fold reads
-its experts). Two engines sample: ``hf`` (transformers generate through the fused mixture) and ``vllm`` (each
-prompt's mixture folded into one LoRA, served by vLLM's LoRARequest; see rollout_vllm.py).
+The learners route (they hold the base on their devices), so the worker only samples. Two engines: ``hf``
+(transformers generate through the fused mixture; the worker holds an HF copy of the base) and ``vllm`` (each
+prompt's mixture folded into one LoRA, served by vLLM's LoRARequest; see rollout_vllm.py). vLLM holds the base
+itself, so a vLLM worker's policy is the experts and router alone (``PersonaFusePolicy.without_base``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import Tensor
 
 from policies.policy import PersonaFusePolicy, bf16_autocast, token_logprobs
 from rlhf.batch import RolloutBatch
-from rlhf.build import build_policy, tokenize_prompts
+from rlhf.build import build_policy, persona_config, tokenize_prompts
 from rlhf.config import JobConfig
 from rlhf.prompts import PromptRecord
 from rlhf.sync import AdapterState, StaleWeightsError, load_snapshot
@@ -81,18 +82,20 @@ class HFEngine:
 
 
 class RolloutWorker:
-    """Plain class (the Ray actor in rollout_actor.py only delegates to it)."""
+    """Plain class (the Ray actor in rollout_actor.py only delegates to it). It holds no weights until the first
+    complete snapshot arrives (the driver syncs before the first step)."""
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
-        self.policy = build_policy(cfg).eval()
         self.version = 0
         self.complete = False  # has loaded a complete snapshot (after it, partial ones suffice)
         if cfg.rollout.engine == "hf":
+            self.policy = build_policy(cfg).eval()
             self.engine = HFEngine(self.policy, cfg)
         else:
             from rlhf.rollout_vllm import VLLMEngine  # vLLM is imported only where it is used
 
+            self.policy = PersonaFusePolicy.without_base(persona_config(cfg)).eval()
             self.engine = VLLMEngine(self.policy, cfg)
 
     def set_weights(self, state: AdapterState) -> None:
@@ -107,13 +110,22 @@ class RolloutWorker:
     def close(self) -> None:
         self.engine.close()
 
-    def generate(self, records: list[PromptRecord], group_offset: int, version: int, seed: int) -> RolloutBatch:
-        """G samples for each prompt record; ``version`` must be the weights this worker holds; ``seed`` is the
-        step's (every actor gets the same one; ``prompt_seeds`` spreads it over the prompts)."""
+    def generate(
+        self, records: list[PromptRecord], weights: Tensor, group_offset: int, version: int, seed: int
+    ) -> RolloutBatch:
+        """G samples for each prompt record under its routing ``weights`` (N, E) (the learners' router);
+        ``version`` must be the weights this worker holds; ``seed`` is the step's (every actor gets the same one;
+        ``prompt_seeds`` spreads it over the prompts)."""
+        if not self.complete:
+            raise RuntimeError("rollout holds no adapter weights yet: load a complete snapshot (set_weights) first")
         if version != self.version:
             raise StaleWeightsError(f"asked to sample with weights v{version}, rollout holds v{self.version}")
+        if weights.shape != (len(records), len(self.policy.experts)):
+            raise ValueError(
+                f"routing weights have shape {tuple(weights.shape)}; expected ({len(records)}, "
+                f"{len(self.policy.experts)}): one row per prompt, one column per expert"
+            )
         _, prompt_ids, prompt_mask = tokenize_prompts(self.policy, records, self.cfg.data.max_prompt_tokens)
-        weights = self.policy.route(prompt_ids, prompt_mask).weights.detach()  # (N, E)
         g = self.cfg.rollout.samples_per_prompt
         seeds = prompt_seeds(seed, group_offset, len(records), g)
         response_ids, response_mask, logprobs = self.engine.sample(prompt_ids, prompt_mask, weights, seeds, version)

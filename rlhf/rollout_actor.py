@@ -6,6 +6,7 @@ import os
 
 import ray
 import torch
+from torch import Tensor
 
 from rlhf.batch import RolloutBatch
 from rlhf.config import JobConfig
@@ -29,5 +30,7 @@ class RolloutActor:
     def close(self) -> None:
         self.worker.close()
 
-    def generate(self, records: list[PromptRecord], group_offset: int, version: int, seed: int) -> RolloutBatch:
-        return self.worker.generate(records, group_offset, version, seed)
+    def generate(
+        self, records: list[PromptRecord], weights: Tensor, group_offset: int, version: int, seed: int
+    ) -> RolloutBatch:
+        return self.worker.generate(records, weights, group_offset, version, seed)

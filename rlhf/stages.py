@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import ray
 import torch
+from torch import Tensor
 
 from rlhf.advantages import AdvantageInputs, get_advantage
 from rlhf.batch import RolloutBatch, concat
@@ -33,12 +34,23 @@ def set_pole_anchor(actors: ActorGroups, data: PersonaData) -> None:
     ray.get([learner.set_pole_anchor.remote(ref) for learner in actors.learners])
 
 
-def generate(actors: ActorGroups, records: list[PromptRecord], version: int, seed: int) -> RolloutBatch:
-    """Splits the prompts over the rollout actors; group ids stay global, and so do the sampling seeds derived
-    from them (rollout.prompt_seeds)."""
+def route(actors: ActorGroups, records: list[PromptRecord]) -> Tensor:
+    """The learners' routing weights (N, E) for the step's prompts. Every rank routes them all (a prompt-only
+    forward, no gradient): under ZeRO-3 a forward gathers parameters collectively, so no rank may sit it out;
+    the ranks hold the same router, and rank 0's answer is used."""
+    return ray.get([learner.route.remote(records) for learner in actors.learners])[0]
+
+
+def generate(
+    actors: ActorGroups, records: list[PromptRecord], weights: Tensor, version: int, seed: int
+) -> RolloutBatch:
+    """Splits the prompts and their routing weights over the rollout actors; group ids stay global, and so do the
+    sampling seeds derived from them (rollout.prompt_seeds)."""
     share = len(records) // len(actors.rollouts)
     futures = [
-        actor.generate.remote(records[i * share : (i + 1) * share], i * share, version, seed)
+        actor.generate.remote(
+            records[i * share : (i + 1) * share], weights[i * share : (i + 1) * share], i * share, version, seed
+        )
         for i, actor in enumerate(actors.rollouts)
     ]
     return concat(ray.get(futures))

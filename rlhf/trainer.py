@@ -133,7 +133,10 @@ def fit(cfg: JobConfig, resume: str | None = None) -> Path:
     try:
         if persona_data is not None:
             stages.set_pole_anchor(actors, persona_data)
-        start, version = restore_checkpoint(actors, checkpoint, stream, composer) if checkpoint else (0, 0)
+        if checkpoint:
+            start, version = restore_checkpoint(actors, checkpoint, stream, composer)
+        else:  # the rollouts hold no weights of their own (a vLLM rollout has no base copy to build them on)
+            start, (version, _) = 0, stages.sync_weights(actors)
         train(cfg, actors, stream, composer, run_dir, start, version)
     finally:
         release(actors)
@@ -157,9 +160,12 @@ def train(
             timings: dict[str, float] = {}
             step_start = time.perf_counter()
 
-            # 1. route + sample G replies per prompt with the current persona mixture
+            # 1. route the prompts on the learners, sample G replies per prompt with that persona mixture
+            records = stream.next_batch()
+            with stages.timed(timings, "route"):
+                weights = stages.route(actors, records)
             with stages.timed(timings, "gen"):
-                batch = stages.generate(actors, stream.next_batch(), version, seed=cfg.run.seed * 100_003 + step)
+                batch = stages.generate(actors, records, weights, version, seed=cfg.run.seed * 100_003 + step)
 
             # 2. social-emotional rewards minus safety penalties, every component kept for the log
             with stages.timed(timings, "reward"):

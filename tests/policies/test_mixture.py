@@ -98,7 +98,9 @@ def test_bad_weights_raise(weights: torch.Tensor, message: str) -> None:
 
 
 def test_decode_cache_follows_weight_updates(layer: LoRAMixtureLinear) -> None:
-    """No-grad one-token steps reuse the stacked B; an in-place update (optimizer step, weight load) refreshes it."""
+    """No-grad one-token steps in eval mode reuse the stacked B; an in-place update (a weight load) refreshes it.
+    In train mode there is no cache: a ``.data`` write (DeepSpeed's optimizer step) bumps no version counter."""
+    layer.eval()
     layer.slot.routing = make_routing(sparse_weights(), E)
     x = torch.randn(B, 1, D_IN)
 
@@ -111,6 +113,9 @@ def test_decode_cache_follows_weight_updates(layer: LoRAMixtureLinear) -> None:
         layer(x)
         assert layer._b_cache[1] is cached  # reused, not rebuilt
         layer.lora_B.mul_(-2.0)
+        torch.testing.assert_close(layer(x), expected(), atol=1e-5, rtol=1e-5)
+        layer.train()
+        layer.lora_B.data.mul_(0.5)
         torch.testing.assert_close(layer(x), expected(), atol=1e-5, rtol=1e-5)
     layer(x).sum().backward()  # with gradients the cache is bypassed and B gets its gradient
     assert layer.lora_B.grad is not None and layer.lora_B.grad.abs().sum() > 0

@@ -8,10 +8,12 @@ import ray
 import torch
 
 from rlhf import stages
+from rlhf.build import build_policy, route_records
 from rlhf.config import load_config
 from rlhf.placement import create_actors, release
 from rlhf.prompts import load_prompts
 from rlhf.rollout import RolloutWorker
+from rlhf.sync import snapshot
 from tests.conftest import randomize_experts
 
 
@@ -25,9 +27,12 @@ def tiny_overrides(model_dir, *extra: str) -> list[str]:
 
 def sample_batch(overrides: list[str]):
     """A fixed 2-prompt x 4-sample batch from an HF rollout with randomised experts, with made-up rewards."""
-    worker = RolloutWorker(load_config(None, overrides))
+    cfg = load_config(None, overrides)
+    worker = RolloutWorker(cfg)
     randomize_experts(worker.policy, std=0.2)
-    batch = worker.generate(load_prompts("builtin")[:2], 0, 0, seed=0)
+    worker.set_weights(snapshot(worker.policy, version=0))
+    records = load_prompts("builtin")[:2]
+    batch = worker.generate(records, route_records(worker.policy, records, cfg.data.max_prompt_tokens), 0, 0, seed=0)
     batch.rewards = torch.tensor([1.0, 0.2, -0.5, 0.3, 0.0, 1.0, 0.5, -1.0])
     return batch
 
@@ -87,7 +92,6 @@ def test_bf16_mixed_learner_tracks_fp32(ray_local, tiny_model_dir) -> None:
 def test_router_anchor_holds_the_router_near_its_start(ray_local, tiny_model_dir) -> None:
     """algorithm.router_anchor_coef: KL to the router the run started from is 0 on the first optimizer step and
     positive after; with a strong anchor the routing of the batch's prompts ends closer to where it started."""
-    from rlhf.build import build_policy
     from rlhf.router_losses import router_anchor_kl
 
     overrides = tiny_overrides(
@@ -113,7 +117,6 @@ def test_router_anchor_holds_the_router_near_its_start(ray_local, tiny_model_dir
 def test_pole_anchor_keeps_the_poles_apart(ray_local, tiny_model_dir, tmp_path) -> None:
     """algorithm.pole_anchor: reported once per optimizer step, log 2 on the first (fresh experts equal the base),
     and with a strong anchor the experts end the update with the poles further apart than without it."""
-    from rlhf.build import build_policy
     from rlhf.pole_anchor import PoleAnchor, load_persona_data
     from rlhf.sync import load_snapshot
     from tests.rlhf.test_pole_anchor import write_persona_data
@@ -158,6 +161,9 @@ def test_lora_fa_trains_b_only_and_syncs_b_only(ray_local, tiny_model_dir) -> No
     batch = sample_batch(overrides)
     cfg = load_config(None, overrides)
     actors = create_actors(cfg)
+    records = load_prompts("builtin")[:3]
+    routed = stages.route(actors, records)  # the learners route for the rollouts: the same router as a local build
+    torch.testing.assert_close(routed, route_records(build_policy(cfg), records, cfg.data.max_prompt_tokens))
     start = ray.get(actors.learners[0].adapter_state.remote())
     _, complete_bytes = stages.sync_weights(actors)
     b = batch.select(slice(None))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rlhf.build import route_records
 from rlhf.config import load_config
 from rlhf.prompts import load_prompts
 from rlhf.rollout import RolloutWorker, decode_responses, prompt_seeds, response_mask_until_eos
-from rlhf.sync import StaleWeightsError, snapshot
+from rlhf.sync import StaleWeightsError, load_snapshot, snapshot
 from tests.conftest import randomize_experts
 
 
@@ -43,6 +44,11 @@ def make_worker(model_dir, dtype: str = "fp32") -> RolloutWorker:
     return RolloutWorker(load_config(None, [*overrides, f"rollout.dtype={dtype}"]))
 
 
+def routed(worker: RolloutWorker, records) -> torch.Tensor:
+    """The weights a learner with the same adapters would send."""
+    return route_records(worker.policy, records, worker.cfg.data.max_prompt_tokens)
+
+
 @pytest.fixture()
 def worker(tiny_model_dir) -> RolloutWorker:
     return make_worker(tiny_model_dir)
@@ -53,8 +59,9 @@ def test_generate_and_logprobs_match_the_policy(tiny_model_dir, dtype: str, tol:
     """fp32 sampling log-probs equal the learner's; bf16 (autocast) ones differ only by rounding."""
     worker = make_worker(tiny_model_dir, dtype)
     randomize_experts(worker.policy, std=0.2)
+    worker.set_weights(snapshot(worker.policy, version=0))
     records = load_prompts("builtin")[:2]
-    batch = worker.generate(records, group_offset=10, version=0, seed=1)
+    batch = worker.generate(records, routed(worker, records), group_offset=10, version=0, seed=1)
     assert batch.response_ids.shape == (8, 6) and batch.group_ids.tolist() == [10] * 4 + [11] * 4
     assert len(batch.completions) == 8 and batch.categories[0] == records[0].category
     assert ((batch.routing_weights > 0).sum(-1) == 2).all()  # top-2 routing
@@ -63,13 +70,35 @@ def test_generate_and_logprobs_match_the_policy(tiny_model_dir, dtype: str, tol:
     assert (dtype == "fp32") == torch.allclose(relogged * batch.response_mask, batch.rollout_logprobs, atol=1e-4)
 
 
+def test_samples_with_the_weights_it_is_given(worker) -> None:
+    """The rollout samples with the learners' routing, not its own: one-hot rows come back as they went in."""
+    randomize_experts(worker.policy, std=0.2)
+    worker.set_weights(snapshot(worker.policy, version=0))
+    records = load_prompts("builtin")[:2]
+    weights = torch.zeros(2, len(worker.policy.experts))
+    weights[0, 3] = weights[1, 7] = 1.0
+    batch = worker.generate(records, weights, group_offset=0, version=0, seed=1)
+    assert torch.equal(batch.routing_weights, weights.repeat_interleave(4, 0))
+    relogged = worker.policy.logprobs(batch.input_ids, batch.attention_mask, 6, batch.routing_weights)
+    torch.testing.assert_close(relogged * batch.response_mask, batch.rollout_logprobs, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="one row per prompt"):
+        worker.generate(records, weights[:1], group_offset=0, version=0, seed=1)
+
+
+def test_no_sampling_before_a_complete_snapshot(worker) -> None:
+    records = load_prompts("builtin")[:1]
+    with pytest.raises(RuntimeError, match="no adapter weights yet"):
+        worker.generate(records, routed(worker, records), 0, version=0, seed=0)
+
+
 def test_stale_weights_are_refused(worker) -> None:
     state = snapshot(worker.policy, version=2)
     worker.set_weights(state)
     with pytest.raises(StaleWeightsError, match="v1"):
         worker.set_weights(snapshot(worker.policy, version=1))
+    records = load_prompts("builtin")[:1]
     with pytest.raises(StaleWeightsError, match="holds v2"):
-        worker.generate(load_prompts("builtin")[:1], 0, version=1, seed=0)
+        worker.generate(records, routed(worker, records), 0, version=1, seed=0)
 
 
 def test_a_partial_snapshot_needs_a_complete_one_first(tiny_model_dir) -> None:
@@ -78,4 +107,27 @@ def test_a_partial_snapshot_needs_a_complete_one_first(tiny_model_dir) -> None:
         worker.set_weights(snapshot(worker.policy, version=1, trained_only=True))
     worker.set_weights(snapshot(worker.policy, version=1))
     worker.set_weights(snapshot(worker.policy, version=2, trained_only=True))
-    assert worker.version == 2
+
+
+def test_adapters_only_policy_folds_like_the_full_one(tiny_model_dir, tiny_policy) -> None:
+    """``without_base`` keeps no base weights, loads a snapshot, folds the same LoRA, and refuses to run the base."""
+    from policies.export import expert_tensors, fold
+    from policies.policy import PersonaFusePolicy
+
+    randomize_experts(tiny_policy, std=0.2)
+    bare = PersonaFusePolicy.without_base(tiny_policy.config)
+    assert not bare.has_base_weights
+    load_snapshot(bare, snapshot(tiny_policy, version=0))
+    weights = torch.zeros(len(tiny_policy.experts))
+    weights[1], weights[4] = 0.6, 0.4
+    cfg = tiny_policy.config
+    folded = [
+        fold(expert_tensors(p), weights, scaling=cfg.scaling, base_model=cfg.base_model,
+             target_modules=cfg.target_modules, top_k=cfg.router.top_k).tensors
+        for p in (tiny_policy, bare)
+    ]  # fmt: skip
+    assert folded[0].keys() == folded[1].keys()
+    assert all(torch.equal(folded[0][k], folded[1][k]) for k in folded[0])
+    ids = torch.ones(1, 3, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="adapters only"):
+        bare.route(ids, ids)

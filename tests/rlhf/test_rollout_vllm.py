@@ -21,3 +21,6 @@ def test_vllm_rollout_logprobs_match_the_hf_mixture(tiny_model_dir) -> None:
     assert result["adapter_folders"] == ["v1-p0", "v1-p1"]  # the first version's folders are gone
     assert not result["folder_left_after_close"]
     assert result["repeated_prompt_groups_differ"]  # each prompt samples with its own seeds
+    # vLLM holds the base: the worker keeps the experts and router only, no second copy of the base
+    assert not result["rollout_has_base_weights"]
+    assert result["rollout_params_in_memory"] == result["adapter_and_router_params"]

@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from rlhf.build import build_policy, route_records
 from rlhf.config import load_config
 from rlhf.prompts import load_prompts
 from rlhf.rollout import RolloutWorker
@@ -29,15 +30,22 @@ def main() -> None:
         ],
     )
     worker = RolloutWorker(cfg)
-    randomize_experts(worker.policy, std=0.2)
-    batch = worker.generate(load_prompts("builtin")[:2], 0, 0, seed=3)
-    relogged = worker.policy.logprobs(batch.input_ids, batch.attention_mask, batch.response_len, batch.routing_weights)
+    full = build_policy(cfg)  # the learner's side: the base and the mixture
+    randomize_experts(full, std=0.2)
+    worker.set_weights(snapshot(full, version=0))
+    records = load_prompts("builtin")[:2]
+    weights = route_records(full, records, cfg.data.max_prompt_tokens)
+    batch = worker.generate(records, weights, 0, 0, seed=3)
+    relogged = full.logprobs(batch.input_ids, batch.attention_mask, batch.response_len, batch.routing_weights)
     gap = ((relogged - batch.rollout_logprobs) * batch.response_mask).abs().max().item()
-    worker.set_weights(snapshot(worker.policy, version=1))  # the next version's adapters replace the first's on disk
-    twice = worker.generate(load_prompts("builtin")[:1] * 2, 0, 1, seed=4)  # one prompt, two groups
+    worker.set_weights(snapshot(full, version=1))  # the next version's adapters replace the first's on disk
+    twice = worker.generate(records[:1] * 2, weights[:1].repeat(2, 1), 0, 1, seed=4)  # one prompt, two groups
     folders = sorted(p.name for p in worker.engine.folder.iterdir())
     worker.close()
     result = {
+        "rollout_has_base_weights": worker.policy.has_base_weights,
+        "rollout_params_in_memory": sum(p.numel() for p in worker.policy.parameters() if not p.is_meta),
+        "adapter_and_router_params": sum(t.numel() for t in snapshot(full, 0).tensors.values()),
         "adapter_folders": folders,
         "folder_left_after_close": worker.engine.folder.exists(),
         "shape": list(batch.response_ids.shape),
