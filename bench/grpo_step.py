@@ -92,7 +92,8 @@ def run_ours(engine: str, steps: int, workdir: Path) -> list[dict[str, float]]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     for row in rows:
         log(
-            f"ours_{engine} step {row['step']}: {row['time/step_s']:.2f}s (gen {row['timing/gen']:.2f}, "
+            f"ours_{engine} step {row['step']}: {row['time/step_s']:.2f}s (route {row['timing/route']:.2f}, "
+            f"gen {row['timing/gen']:.2f}, "
             f"ref {row['timing/ref']:.2f}, update {row['timing/update']:.2f}, sync {row['timing/sync']:.2f}), "
             f"{row['rollout/tokens_per_s']:.1f} tok/s, reward {row['reward/mean']:.3f}"
         )

@@ -8,6 +8,7 @@ GRPO run, show where the curves are and one reply before vs after, stop Ray.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -20,17 +21,25 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_PROMPT = "I didn't get the job I interviewed for, and I feel like I'm never going to be good enough."
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free now (all held open until every one is chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def start_head(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """`ray start --head --block` on loopback; terminating the process stops the whole head."""
-    dashboard = free_port()
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={free_port()}",
-           "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]  # fmt: skip
+    """`ray start --head --block` on loopback; terminating the process stops the whole head. Every port is a free
+    one: another Ray on this machine (a notebook's ``ray.init()``) holds the defaults, and a job agent that cannot
+    bind its port leaves the head unable to take any job."""
+    names = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "metrics-export-port", "ray-client-server-port")  # fmt: skip  # Ray's defaults: 6379, 8265, 52365, ...
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    dashboard = ports["dashboard-port"]
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+           "--dashboard-host=127.0.0.1", *(f"--{name}={port}" for name, port in ports.items())]  # fmt: skip
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return head, f"http://127.0.0.1:{dashboard}"
 

@@ -55,9 +55,10 @@ def replay_selection(probs: Tensor, used: Tensor) -> Tensor:
     """Weights over the experts a rollout used (routing replay): probs (B, E) kept where ``used`` (B, E) > 0, then
     renormalised to sum to 1 per row.
 
-    A learner in another precision than the rollout (bf16 on GPUs) can rank two near-tied experts the other way
-    and would score a sample under experts that did not generate it. Replaying the rollout's top-k keeps the
-    mixture on those experts; the router still learns through the kept probabilities. When both sides pick the
+    The learners route each step's prompts for the rollouts, but re-route every micro-batch in the update with
+    other padding and batch shapes (and in bf16 on GPUs), so two near-tied experts can come out ranked the other
+    way and a sample would be scored under experts that did not generate it. Replaying the rollout's top-k keeps
+    the mixture on those experts; the router still learns through the kept probabilities. When both sides pick the
     same experts this equals ``top_k_renormalise(probs, k)``."""
     kept = probs * (used > 0)
     return kept / kept.sum(-1, keepdim=True)

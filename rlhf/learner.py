@@ -142,9 +142,14 @@ class Learner:
         return len(self.pole_anchor.rows)
 
     def route(self, records: list[PromptRecord]) -> Tensor:
-        """The current router's weights (N, E) for the step's prompts, on the CPU: the rollouts sample with them
-        (and keep no base copy to route with). Computed as the update does (fp32 router input, outside autocast)."""
-        return route_records(self.policy, records, self.cfg.data.max_prompt_tokens)
+        """The current router's weights (N, E) for these prompts, on the CPU: the rollouts sample with them (and
+        keep no base copy to route with). Computed as the update does (outside autocast, in the engine's dtype),
+        ``micro_batch_size`` prompts per forward so the activations stay within what the update needs."""
+        size = self.cfg.learner.micro_batch_size
+        max_tokens = self.cfg.data.max_prompt_tokens
+        return torch.cat(
+            [route_records(self.policy, records[i : i + size], max_tokens) for i in range(0, len(records), size)]
+        )
 
     def micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
         size = self.cfg.learner.micro_batch_size

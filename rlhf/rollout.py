@@ -54,7 +54,8 @@ class HFEngine:
         """(N, P) prompts and (N, E) weights -> response_ids, response_mask, rollout_logprobs, each (N*G, T).
         One random stream for the batch, seeded by the first prompt's seed (``prompt_seeds``)."""
         g = self.cfg.samples_per_prompt
-        ids, mask, w = (t.repeat_interleave(g, dim=0) for t in (prompt_ids, prompt_mask, weights))
+        device = self.policy.device
+        ids, mask, w = (t.to(device).repeat_interleave(g, dim=0) for t in (prompt_ids, prompt_mask, weights))
         tok = self.policy.tokenizer
         torch.manual_seed(seeds[0])
         with self.policy.mixture(w), bf16_autocast(self.cfg.dtype == "bf16"):
@@ -75,7 +76,7 @@ class HFEngine:
         logits = torch.stack(out.logits, dim=1).float() / self.cfg.temperature  # (N*G, T, V) raw, then scaled
         logprobs = token_logprobs(logits, response_ids)
         response_mask = response_mask_until_eos(response_ids, tok.eos_token_id)
-        return response_ids, response_mask, logprobs * response_mask
+        return response_ids.cpu(), response_mask.cpu(), (logprobs * response_mask).cpu()
 
     def close(self) -> None:
         """Nothing to free: this engine writes no files."""
@@ -90,7 +91,8 @@ class RolloutWorker:
         self.version = 0
         self.complete = False  # has loaded a complete snapshot (after it, partial ones suffice)
         if cfg.rollout.engine == "hf":
-            self.policy = build_policy(cfg).eval()
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray shows the actor only its own GPUs
+            self.policy = build_policy(cfg).eval().to(device)
             self.engine = HFEngine(self.policy, cfg)
         else:
             from rlhf.rollout_vllm import VLLMEngine  # vLLM is imported only where it is used

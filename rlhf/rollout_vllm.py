@@ -66,8 +66,10 @@ class VLLMEngine:
         )
 
     def close(self) -> None:
-        """Deletes the adapter folders now: Ray kills an actor without running finalizers (placement.release)."""
+        """Deletes the adapter folders and stops vLLM's engine now: Ray kills an actor without running finalizers
+        (placement.release), and on GPU hosts the engine core is a child process holding the GPU's memory."""
         self._remove_folder()
+        self.llm.llm_engine.engine_core.shutdown()  # idempotent
 
     def _lora_requests(self, weights: Tensor, version: int) -> list:
         from vllm.lora.request import LoRARequest

@@ -35,10 +35,16 @@ def set_pole_anchor(actors: ActorGroups, data: PersonaData) -> None:
 
 
 def route(actors: ActorGroups, records: list[PromptRecord]) -> Tensor:
-    """The learners' routing weights (N, E) for the step's prompts. Every rank routes them all (a prompt-only
-    forward, no gradient): under ZeRO-3 a forward gathers parameters collectively, so no rank may sit it out;
-    the ranks hold the same router, and rank 0's answer is used."""
-    return ray.get([learner.route.remote(records) for learner in actors.learners])[0]
+    """The learners' routing weights (N, E) for the step's prompts, each rank routing a contiguous share (the ranks
+    hold the same router; a prompt-only forward without gradient, with no collective under ZeRO <= 2)."""
+    n = len(actors.learners)
+    bounds = [len(records) * i // n for i in range(n + 1)]
+    futures = [
+        learner.route.remote(records[lo:hi])
+        for learner, lo, hi in zip(actors.learners, bounds[:-1], bounds[1:], strict=True)
+        if hi > lo
+    ]
+    return torch.cat(ray.get(futures))
 
 
 def generate(

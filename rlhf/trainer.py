@@ -1,6 +1,6 @@
 """The RL driver: one loop, readable top to bottom. The driver moves data; the actors compute.
 
-prompts -> route + sample (rollout actors) -> rewards (+ safety) -> old/ref log-probs (learners)
+prompts -> route (learners) -> sample (rollout actors) -> rewards (+ safety) -> old/ref log-probs (learners)
 -> advantages (driver) -> update (learners) -> sync adapters to rollouts -> log -> checkpoint
 """
 

@@ -107,6 +107,7 @@ def test_a_partial_snapshot_needs_a_complete_one_first(tiny_model_dir) -> None:
         worker.set_weights(snapshot(worker.policy, version=1, trained_only=True))
     worker.set_weights(snapshot(worker.policy, version=1))
     worker.set_weights(snapshot(worker.policy, version=2, trained_only=True))
+    assert worker.version == 2
 
 
 def test_adapters_only_policy_folds_like_the_full_one(tiny_model_dir, tiny_policy) -> None:
