@@ -85,7 +85,7 @@ def test_vllm_teacher_writes_the_same_layout(tmp_path, tiny_model_dir) -> None:
     since vLLM binds the process's threads."""
     from rlhf.pipeline import synthesize_in_subprocess
 
-    synthesize_in_subprocess(small_config(tiny_model_dir, tmp_path, ("agreeableness_low",), engine="vllm"))
+    synthesize_in_subprocess(small_config(str(tiny_model_dir), tmp_path, ("agreeableness_low",), engine="vllm"))
     assert (tmp_path / "persona_data_config.json").is_file()
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     counts = manifest["counts"]["agreeableness_low"]
