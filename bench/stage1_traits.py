@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 from policies.adapter_sft import train_adapters
-from policies.persona_synthesis import write_persona_data
 from policies.policy import PersonaFusePolicy
 from policies.trait_probes import MEASURES, trait_direction_table
 from rlhf.config import load_config
-from rlhf.pipeline import PipelineConfig, stage_configs
+from rlhf.pipeline import PipelineConfig, run_stage, stage_configs
 
 GOAL = 8
 
@@ -56,7 +55,7 @@ def run_seed(cfg: PipelineConfig, seed: int, workdir: Path) -> dict:
     sft_dir = workdir / f"adapters-{_key(sft_cfg)}"
     start = time.perf_counter()
     if not data_dir.is_dir():
-        write_persona_data(data_cfg.model_copy(update={"output_dir": str(data_dir)}))
+        run_stage("persona_data", data_cfg.model_copy(update={"output_dir": str(data_dir)}))  # vLLM: own process
     if not sft_dir.is_dir():
         train_adapters(sft_cfg.model_copy(update={"output_dir": str(sft_dir)}))
     seconds = time.perf_counter() - start
