@@ -2,7 +2,8 @@
 
 Legend: B = items, E = experts, K = answer options.
 
-* Trait probes: see policies/trait_probes.py (self-report and situational judgement, each expert alone vs the base).
+* Trait probes: see policies/trait_probes.py (self-report, self-statement and situational judgement, each expert
+  alone vs the base).
 * Multiple choice (generic JSONL: optional ``scenario``, ``question``, ``choices``, ``answer_index``): scored by
   likelihood (the most probable option letter after the lettered question) and by greedy generation + parsing.
 * Short answer (JSONL: optional ``scenario``, ``question``, ``answer``: a string or a list of accepted strings), for

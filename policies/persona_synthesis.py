@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 
 from policies.atomic_io import atomic_dir
 from policies.config import FrozenConfig
-from policies.situations import Situation, load_situations
+from policies.situations import Situation, load_situations, spread_over_categories
 from policies.traits import DEFAULT_EXPERTS, validate_expert_names
 
 TEMPLATE_VERSION = "persona-cot-v2"  # v2: the conversation opens with a demonstrated exchange in the pole's voice
@@ -89,7 +89,9 @@ class SynthesisConfig(FrozenConfig):
     split: str = Field("train", description="Which split to write data for ('train'; held-out stays unseen).")
     experts: tuple[str, ...] = Field(DEFAULT_EXPERTS, description="Poles to write data for.")
     samples_per_situation: int = Field(1, ge=1, description="Replies sampled per situation and pole.")
-    max_situations: int | None = Field(None, ge=1, description="Use only the first N situations (quick runs).")
+    max_situations: int | None = Field(
+        None, ge=1, description="Use only N situations, taken in turn from each category (quick runs)."
+    )
     think_tokens: int = Field(64, ge=8, description="Token budget of the reasoning turn.")
     reply_tokens: int = Field(96, ge=8, description="Token budget of the reply turn.")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature.")
@@ -215,7 +217,7 @@ def opening(expert: str, cfg: SynthesisConfig) -> list[dict[str, str]]:
 
 def synthesize(cfg: SynthesisConfig, teacher: Teacher) -> tuple[list[Sample], dict[str, dict[str, int]]]:
     """All kept samples and, per expert, the count of each filter reason (``kept`` included)."""
-    situations = load_situations(cfg.situations, cfg.split)[: cfg.max_situations]
+    situations = spread_over_categories(load_situations(cfg.situations, cfg.split), cfg.max_situations)
     jobs = [(s, e) for e in cfg.experts for s in situations for _ in range(cfg.samples_per_situation)]
     torch.manual_seed(cfg.seed)
     kept: list[Sample] = []

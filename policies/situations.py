@@ -85,3 +85,20 @@ def load_situations(path: str | Path = "builtin", split: str | None = None) -> l
     if not rows:
         raise SituationDataError(f"{path}: no situations")
     return [s for s in rows if split is None or s.split == split]
+
+
+def spread_over_categories(situations: list[Situation], n: int | None) -> list[Situation]:
+    """The first ``n`` situations taken in turn from each category (categories in order of first appearance, each
+    in file order), so a small subset covers every category instead of the file's first one; None: all, unchanged."""
+    if n is None or n >= len(situations):
+        return list(situations)
+    by_category: dict[str, list[Situation]] = {}
+    for s in situations:
+        by_category.setdefault(s.category, []).append(s)
+    queues = list(by_category.values())
+    picked: list[Situation] = []
+    for depth in range(max(len(q) for q in queues)):
+        picked += [q[depth] for q in queues if depth < len(q)]
+        if len(picked) >= n:
+            break
+    return picked[:n]

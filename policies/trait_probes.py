@@ -1,6 +1,6 @@
 """Trait-expression probes: does each expert alone move its trait the right way, compared with the base?
 
-Two project-written measures, each scored from answer probabilities (no text parsing):
+Three project-written measures, each scored from answer probabilities (no text parsing):
 
 * Self-report: Big-Five statements ("I stay calm under pressure."); the model rates how well each describes it on
   1..5, scored as the expected value under the probabilities of the tokens "1".."5". A trait's score is the mean
@@ -10,6 +10,12 @@ Two project-written measures, each scored from answer probabilities (no text par
       mean_t log p(high reply_t | situation, high reply_<t) - mean_t log p(low reply_t | situation, low reply_<t),
   per-token means so that reply length does not decide it. A trait's score is the mean over its items. This is the
   behaviour stage 1 trains (replies to situations); the self-report asks the model about itself.
+* Self-statement: the self-report's items as the model's own answer to "Describe yourself in one sentence.":
+      mean over its keyed items of mean_t log p(item_t | prompt, item_<t) - the same mean over its reverse-keyed items.
+  The same items, scored from the probabilities of saying them rather than of a digit: a small model's digit ratings
+  barely depend on the item (SmolLM2-135M's base rates all twenty between 2.89 and 3.47, "I say harsh things when I
+  am annoyed" 3.02 against "I try hard to make others feel comfortable" 3.19), so they can hardly show a persona's
+  shift either.
 
 ``<trait>_high`` should raise its trait's score, ``<trait>_low`` lower it.
 """
@@ -171,7 +177,27 @@ def situational_scores(policy: PersonaFusePolicy, weights: Tensor | None) -> dic
     return _per_trait([t for t, _, _, _ in SITUATIONAL_PROBES], (logp[:n] - logp[n:]).tolist())
 
 
-MEASURES = {"self_report": self_report_scores, "situational": situational_scores}
+SELF_STATEMENT_PROMPT = "Describe yourself in one sentence."
+
+
+def self_statement_scores(policy: PersonaFusePolicy, weights: Tensor | None) -> dict[str, float]:
+    """Per trait: mean log-prob of its keyed items minus that of its reverse-keyed items, each said as the answer to
+    SELF_STATEMENT_PROMPT."""
+    items = [item for _, item, _ in PROBES]
+    w = None if weights is None else weights.expand(len(items), -1)
+    with torch.no_grad():
+        logp = mean_reply_logprobs(policy, [SELF_STATEMENT_PROMPT] * len(items), items, w).tolist()
+    keyed = [(t, lp) for (t, _, k), lp in zip(PROBES, logp, strict=True) if k > 0]
+    reverse = [(t, lp) for (t, _, k), lp in zip(PROBES, logp, strict=True) if k < 0]
+    high, low = (_per_trait(*map(list, zip(*pairs, strict=True))) for pairs in (keyed, reverse))
+    return {t: high[t] - low[t] for t in BIG_FIVE}
+
+
+MEASURES = {
+    "self_report": self_report_scores,
+    "self_statement": self_statement_scores,
+    "situational": situational_scores,
+}
 
 
 def trait_direction_table(policy: PersonaFusePolicy, measure: str = "self_report") -> list[dict]:

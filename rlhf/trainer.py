@@ -100,20 +100,25 @@ def save_checkpoint(actors: ActorGroups, run_dir: Path, step: int, state: dict) 
 def restore_checkpoint(
     actors: ActorGroups, checkpoint: Path, stream: PromptStream, composer: RewardComposer
 ) -> tuple[int, int]:
-    """Loads a checkpoint into learners, data stream and reward statistics, then syncs the rollouts.
-    Returns (step, weight version)."""
+    """Loads a checkpoint into learners, data stream and reward statistics. Returns (step, weight version)."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     saved = [learner_state.load(checkpoint / "learner", rank) for rank in range(len(actors.learners))]
     policy = ray.put(read_folder(checkpoint / "policy"))  # learners on other nodes cannot read the driver's disk
     ray.get([lr.load_training_state.remote(policy, *s) for lr, s in zip(actors.learners, saved, strict=True)])
     stream.load_state_dict(state["data"])
     composer.load_state_dict(state["rewards"])
-    version, _ = stages.sync_weights(actors)
-    if version != state["version"]:
-        raise RuntimeError(
-            f"{checkpoint}: learners restored weights v{version}, trainer_state says v{state['version']}"
-        )
-    return state["step"], version
+    return state["step"], state["version"]
+
+
+def first_sync(actors: ActorGroups, expected_version: int) -> dict[str, float]:
+    """The complete snapshot every rollout needs before it samples (a vLLM rollout has no base copy to build the
+    adapters on; a resumed one holds what it loaded, not the checkpoint). Returns its size and time, which step 1
+    logs as ``sync/full_bytes`` and ``sync/full_seconds`` beside the per-step trained-only ``sync/*``."""
+    start = time.perf_counter()
+    version, nbytes = stages.sync_weights(actors)
+    if version != expected_version:
+        raise RuntimeError(f"learners hold weights v{version}, the run expects v{expected_version}")
+    return {"sync/full_bytes": float(nbytes), "sync/full_seconds": time.perf_counter() - start}
 
 
 def fit(cfg: JobConfig, resume: str | None = None) -> Path:
@@ -133,11 +138,9 @@ def fit(cfg: JobConfig, resume: str | None = None) -> Path:
     try:
         if persona_data is not None:
             stages.set_pole_anchor(actors, persona_data)
-        if checkpoint:
-            start, version = restore_checkpoint(actors, checkpoint, stream, composer)
-        else:  # the rollouts hold no weights of their own (a vLLM rollout has no base copy to build them on)
-            start, (version, _) = 0, stages.sync_weights(actors)
-        train(cfg, actors, stream, composer, run_dir, start, version)
+        start, version = restore_checkpoint(actors, checkpoint, stream, composer) if checkpoint else (0, 0)
+        startup = first_sync(actors, version)
+        train(cfg, actors, stream, composer, run_dir, start, version, startup)
     finally:
         release(actors)
     return run_dir
@@ -151,8 +154,10 @@ def train(
     run_dir: Path,
     start: int = 0,
     version: int = 0,
+    startup: dict[str, float] | None = None,
 ) -> None:
-    """The RL loop, one stage per block, from step ``start + 1`` with rollouts holding weights ``version``."""
+    """The RL loop, one stage per block, from step ``start + 1`` with rollouts holding weights ``version``;
+    ``startup`` metrics (the first sync) are logged with the first step."""
     experts = cfg.policy.experts
     tracker = Tracker(run_dir, cfg.run.steps, experts, start_step=start)
     try:
@@ -197,6 +202,7 @@ def train(
                 "sync/seconds": timings["timing/sync"],
                 **timings,
                 "time/step_s": time.perf_counter() - step_start,
+                **(startup if step == start + 1 and startup else {}),
             }
             tracker.log(step, metrics)
             if step % cfg.run.save_every == 0 or step == cfg.run.steps:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from policies.evaluation_job import EvaluationConfig, run_evaluation
+from policies.trait_probes import MEASURES
 from tests.conftest import randomize_experts
 
 
@@ -31,11 +32,11 @@ def test_report_has_every_section(tmp_path, tiny_policy) -> None:
         assert report.get(section), section
     assert set(report["reasoning"][str(short)]["base"]) == {"items", "accuracy"}  # scored as short answer
     assert "loglik_accuracy" in report["reasoning"][str(mc)]["policy"]
-    assert [len(report["trait_directions"][m]) for m in ("self_report", "situational")] == [10, 10]
+    assert [len(report["trait_directions"][m]) for m in MEASURES] == [10] * len(MEASURES)
     assert 0.0 <= report["win_rate"]["win_rate"] <= 1.0
     assert set(report["safety"]) == {"policy", "base"} and len(report["routing"]) == 7  # the 7 categories
     fresh = report["trait_references"]["fresh"]["trait_directions"]
-    assert [sum(r["right_direction"] for r in fresh[m]) for m in ("self_report", "situational")] == [0, 0]
+    assert [sum(r["right_direction"] for r in fresh[m]) for m in MEASURES] == [0] * len(MEASURES)
     assert fresh["situational"] != report["trait_directions"]["situational"]
     markdown = (out / "report.md").read_text()
     assert "Trait expression" in markdown and "routing_heatmap.png" in markdown

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from policies.situations import SituationDataError, load_situations
+from policies.situations import SituationDataError, load_situations, spread_over_categories
 from policies.traits import DEFAULT_EXPERTS
 
 
@@ -38,3 +38,14 @@ def test_bad_rows_name_the_line(tmp_path, change, message) -> None:
     path = _write(tmp_path, [good, {**good, "id": "b", **change}])
     with pytest.raises(SituationDataError, match=rf"s\.jsonl: line 2: .*{message}"):
         load_situations(path)
+
+
+def test_a_small_subset_is_spread_over_the_categories() -> None:
+    situations = load_situations("builtin", "train")
+    categories = list(dict.fromkeys(s.category for s in situations))
+    assert situations[len(categories) - 1].category == categories[0]  # the file's head is one category
+    picked = spread_over_categories(situations, len(categories) + 2)
+    assert [s.category for s in picked] == categories + categories[:2]  # one per category in turn, then again
+    assert picked[0] == situations[0]
+    assert picked[len(categories)] == situations[1]  # each category keeps its file order
+    assert spread_over_categories(situations, None) == situations == spread_over_categories(situations, 10_000)

@@ -42,6 +42,7 @@ def test_two_grpo_steps(ray_local, tiny_model_dir, tmp_path, engine) -> None:
     for key in REQUIRED:
         assert key in rows[1], key
     assert rows[1]["sync/bytes"] > 0 and rows[1]["kl"] > 0  # step 2 samples from updated experts
+    assert rows[0]["sync/full_bytes"] >= rows[0]["sync/bytes"] and "sync/full_bytes" not in rows[1]  # before step 1
     for name in ("reward.png", "kl.png", "router_usage.png", "config.json", "policy/persona_config.json"):
         assert (run_dir / name).exists(), name
     state = json.loads((run_dir / "checkpoints/step_2/trainer_state.json").read_text())
@@ -107,6 +108,7 @@ def test_resume_is_exact(ray_local, tiny_model_dir, tmp_path) -> None:
 
     a, b = rows(straight), rows(resumed)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [s for s, r in enumerate(b, 1) if "sync/full_bytes" in r] == [1, 3]  # each start syncs a full snapshot
     for ra, rb in zip(a, b, strict=True):
         for key in (*STEP_METRICS, "lr/experts", "lr/router"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (ra["step"], key)
