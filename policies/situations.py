@@ -89,7 +89,8 @@ def load_situations(path: str | Path = "builtin", split: str | None = None) -> l
 
 def spread_over_categories(situations: list[Situation], n: int | None) -> list[Situation]:
     """The first ``n`` situations taken in turn from each category (categories in order of first appearance, each
-    in file order), so a small subset covers every category instead of the file's first one; None: all, unchanged."""
+    in file order), so a small subset covers every category instead of the file's first one; None (or n >= len):
+    all, in file order."""
     if n is None or n >= len(situations):
         return list(situations)
     by_category: dict[str, list[Situation]] = {}

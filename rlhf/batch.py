@@ -65,6 +65,20 @@ class RolloutBatch:
                 picked[f.name] = [value[i] for i in index.tolist()]
         return replace(self, **picked)
 
+    def trimmed(self) -> RolloutBatch:
+        """The same rows without the columns that are padding in every row: prompt columns on the left, response
+        columns on the right. A micro-batch then costs what its own longest prompt and reply cost, not the whole
+        batch's; masked columns change no unmasked position (positions come from the mask)."""
+        prompt_width = max(int(self.prompt_mask.sum(-1).max()), 1)
+        response_width = max(int(self.response_mask.sum(-1).max()), 1)
+        cut = {}
+        for name in PROMPT_FIELDS:
+            cut[name] = getattr(self, name)[:, self.prompt_ids.shape[1] - prompt_width :]
+        for name in RESPONSE_FIELDS:
+            if (value := getattr(self, name)) is not None:
+                cut[name] = value[:, :response_width]
+        return replace(self, **cut)
+
     def to(self, device: torch.device | str) -> RolloutBatch:
         """Every tensor field on ``device`` (learners on GPUs get batches from Ray on the CPU)."""
         moved = {f.name: v.to(device) for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}

@@ -152,8 +152,9 @@ class Learner:
         )
 
     def micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
+        """``micro_batch_size`` rows at a time in order, each without its all-padding columns."""
         size = self.cfg.learner.micro_batch_size
-        return [batch.select(slice(i, i + size)) for i in range(0, len(batch), size)]
+        return [batch.select(slice(i, i + size)).trimmed() for i in range(0, len(batch), size)]
 
     @torch.no_grad()
     def score(self, batch: RolloutBatch) -> dict[str, Tensor]:
@@ -181,7 +182,12 @@ class Learner:
                 columns["ref_logprobs"].append(
                     self.policy.ref_logprobs(mb.input_ids, mb.attention_mask, mb.response_len, temperature)
                 )
-        return {key: (torch.cat(parts) * batch.response_mask).cpu() for key, parts in columns.items() if parts}
+        width = batch.response_len  # micro-batches come trimmed: pad each back to the batch's response width
+        return {
+            key: (torch.cat([nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]) * batch.response_mask).cpu()
+            for key, parts in columns.items()
+            if parts
+        }
 
     def update(self, shard: RolloutBatch, counts: list[MinibatchCounts]) -> dict[str, float]:
         """ppo_epochs x minibatches optimizer steps on this rank's shard.

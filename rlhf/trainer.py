@@ -112,8 +112,9 @@ def restore_checkpoint(
 
 def first_sync(actors: ActorGroups, expected_version: int) -> dict[str, float]:
     """The complete snapshot every rollout needs before it samples (a vLLM rollout has no base copy to build the
-    adapters on; a resumed one holds what it loaded, not the checkpoint). Returns its size and time, which step 1
-    logs as ``sync/full_bytes`` and ``sync/full_seconds`` beside the per-step trained-only ``sync/*``."""
+    adapters on; a resumed one holds what it loaded, not the checkpoint). Returns its size and time, which the first
+    step of this run or resume logs as ``sync/full_bytes`` and ``sync/full_seconds`` beside the per-step
+    trained-only ``sync/*``."""
     start = time.perf_counter()
     version, nbytes = stages.sync_weights(actors)
     if version != expected_version:

@@ -47,3 +47,31 @@ def test_to_moves_every_tensor_and_keeps_the_text() -> None:
     moved = batch.to("meta")  # the device learners on GPUs move to; meta stands in for it here
     assert all(getattr(moved, n).is_meta for n in ("prompt_ids", "response_mask", "rollout_logprobs", "rewards"))
     assert moved.completions == ["a", "b"] and moved.old_logprobs is None and not batch.prompt_ids.is_meta
+
+
+def test_trimmed_drops_only_columns_that_are_padding_in_every_row() -> None:
+    merged = concat([make_batch(2, 3, 4), make_batch(2, 5, 2, offset=1)])  # P = 5, T = 4
+    merged.advantages = torch.arange(16.0).view(4, 4) * merged.response_mask
+    short = merged.select(slice(0, 2)).trimmed()  # the first batch's rows: 3 prompt and 4 reply tokens
+    assert short.prompt_ids.shape == (2, 3) and short.response_ids.shape == (2, 4)
+    assert torch.equal(short.prompt_ids, make_batch(2, 3, 4).prompt_ids) and short.prompt_mask.all()
+    long = merged.select(slice(2, 4)).trimmed()
+    assert long.prompt_ids.shape == (2, 5) and long.response_len == 2 and long.advantages.shape == (2, 2)
+    assert torch.equal(long.advantages, merged.advantages[2:, :2]) and long.old_logprobs is None
+    assert long.completions == ["c0", "c1"] and torch.equal(long.routing_weights, merged.routing_weights[2:])
+
+
+def test_trimmed_rows_score_as_the_padded_ones(tiny_policy) -> None:
+    """The learner's micro-batches are trimmed: the reply log-probs must not change (positions follow the mask)."""
+    g = torch.Generator().manual_seed(0)
+    vocab = tiny_policy.model.config.vocab_size
+    wide = concat([make_batch(2, 3, 4), make_batch(2, 9, 7)]).select(slice(0, 2))  # 6 + 3 padding columns
+    wide.prompt_ids = torch.randint(1, vocab, wide.prompt_ids.shape, generator=g) * wide.prompt_mask
+    wide.response_ids = torch.randint(1, vocab, wide.response_ids.shape, generator=g) * wide.response_mask
+    wide.response_mask[1, 3] = 0  # a shorter reply in the trimmed batch
+    narrow = wide.trimmed()
+    assert narrow.input_ids.shape == (2, 7)
+    with torch.no_grad():
+        full = tiny_policy.ref_logprobs(wide.input_ids, wide.attention_mask, wide.response_len)
+        cut = tiny_policy.ref_logprobs(narrow.input_ids, narrow.attention_mask, narrow.response_len)
+    torch.testing.assert_close(cut * narrow.response_mask, full[:, :4] * narrow.response_mask, atol=1e-5, rtol=1e-5)
