@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from policies.adapter_sft import train_adapters
+from policies.persona_synthesis import SELECTION, TEMPLATE_VERSION
 from policies.policy import PersonaFusePolicy
 from policies.trait_probes import MEASURES, trait_direction_table
 from rlhf.config import load_config
@@ -34,7 +35,8 @@ def log(message: str) -> None:
 
 
 def _key(cfg) -> str:
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:10]
+    """The config's hash, with the persona data's template and selection rule: a rule change is a new output."""
+    return hashlib.sha256(f"{cfg.model_dump_json()}{TEMPLATE_VERSION}{SELECTION}".encode()).hexdigest()[:10]
 
 
 def run_seed(cfg: PipelineConfig, seed: int, workdir: Path) -> dict:

@@ -25,6 +25,7 @@ from policies.situations import Situation, load_situations, spread_over_categori
 from policies.traits import DEFAULT_EXPERTS, validate_expert_names
 
 TEMPLATE_VERSION = "persona-cot-v2"  # v2: the conversation opens with a demonstrated exchange in the pole's voice
+SELECTION = "in-turn-by-category"  # how max_situations picks (before: the file's first N, all one category)
 
 POLE_DESCRIPTIONS = {
     "openness_high": "curious, imaginative and open to new ideas; you suggest fresh angles and creative options",
@@ -285,6 +286,7 @@ def write_persona_data(cfg: SynthesisConfig) -> Path:
             "openings": {e: opening(e, cfg) for e in cfg.experts},
             "pole_descriptions": {e: POLE_DESCRIPTIONS[e] for e in cfg.experts},
             "counts": counts,
+            "selection": SELECTION,
             "seconds": time.perf_counter() - start,
             "config": json.loads(cfg.model_dump_json()),
         }

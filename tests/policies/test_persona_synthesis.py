@@ -61,7 +61,7 @@ def test_synthesis_writes_one_file_per_expert_with_provenance(tmp_path, tiny_mod
                 "teacher": str(tiny_model_dir), "engine": "hf", "template": "persona-cot-v2", "seed": 0,
             }  # fmt: skip
             assert row["reply"] and "reasoning" in row
-    assert "{description}" in manifest["think_prompt"]
+    assert "{description}" in manifest["think_prompt"] and manifest["selection"] == "in-turn-by-category"
     assert "stop making it about yourself" in manifest["openings"]["agreeableness_low"][1]["content"]
 
 
