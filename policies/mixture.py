@@ -28,6 +28,11 @@ class Routing:
     indices: Tensor | None  # (B, k) experts with non-zero weight, per-sequence sparse routing only
     topk_weights: Tensor | None  # (B, k) their weights
 
+    def rows(self, index: Tensor) -> Routing:
+        """The routing of batch rows ``index`` (per-sequence weights)."""
+        pick = None if self.indices is None else (self.indices[index], self.topk_weights[index])
+        return Routing(self.weights[index], *(pick or (None, None)))
+
 
 def make_routing(weights: Tensor, num_experts: int) -> Routing:
     """Validates weights (B, E) or (B, T, E) and precomputes the sparse gather when few experts are active."""

@@ -46,6 +46,15 @@ def position_ids_for(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def first_rows(groups: Tensor) -> tuple[Tensor, Tensor]:
+    """For group ids (B,): the first row of each distinct group (U,), in order of appearance, and each row's
+    position in that list (B,), so ``x[first][row_group]`` rebuilds per-row ``x`` from per-group values."""
+    distinct, row_group = torch.unique(groups, return_inverse=True)  # distinct ids sorted; row_group indexes them
+    first = torch.full((len(distinct),), len(groups), dtype=torch.long, device=groups.device)
+    first = first.scatter_reduce(0, row_group, torch.arange(len(groups), device=groups.device), reduce="amin")
+    return first, row_group
+
+
 def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
     """log_softmax(logits)[token] without materialising a second (B, T, V) tensor. (B, T, V), (B, T) -> (B, T)."""
     return logits.gather(-1, tokens[..., None]).squeeze(-1) - logits.logsumexp(-1)
@@ -188,11 +197,18 @@ class PersonaFusePolicy(nn.Module):
 
     @torch.no_grad()
     def ref_logprobs(
-        self, input_ids: Tensor, attention_mask: Tensor, response_len: int, temperature: float = 1.0
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        response_len: int,
+        temperature: float = 1.0,
+        groups: Tensor | None = None,
     ) -> Tensor:
-        """log pi_ref of the last ``response_len`` tokens, pi_ref = the base with every adapter off. (B, T)."""
+        """log pi_ref of the last ``response_len`` tokens, pi_ref = the base with every adapter off. (B, T).
+        ``groups``: see ``response_outputs``."""
         with self.adapters_disabled():
-            return self._response_logprobs(input_ids, attention_mask, response_len, temperature)
+            logits, _ = self.response_outputs(input_ids, attention_mask, response_len, temperature, groups=groups)
+        return token_logprobs(logits, input_ids[:, -response_len:])
 
     def _response_logprobs(
         self, input_ids: Tensor, attention_mask: Tensor, response_len: int, temperature: float
@@ -214,23 +230,75 @@ class PersonaFusePolicy(nn.Module):
         response_len: int,
         temperature: float = 1.0,
         with_hidden: bool = False,
+        groups: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """(logits / temperature (B, T, V), final hidden states (B, T, H) or None) at the positions that predict
-        the last ``response_len`` tokens: position t is the state before response token t (the critic's s_t)."""
+        the last ``response_len`` tokens: position t is the state before response token t (the critic's s_t).
+
+        ``groups`` (B,): rows with the same id share their prompt (GRPO's G samples of one prompt). Each group's
+        prompt then runs once and its keys/values serve every row of the group: the same outputs and gradients,
+        with the prompt's share of the work divided by G. Needs per-sequence routing, equal within a group."""
         self._require_base()
-        out = self.model.get_decoder()(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_for(attention_mask),
-            use_cache=False,
-        )
-        hidden = out.last_hidden_state[:, -(response_len + 1) : -1]  # position t predicts response token t
+        routing = self.slot.routing
+        if groups is not None and (routing is None or routing.weights.dim() == 2):
+            hidden = self._shared_prompt_states(input_ids, attention_mask, response_len, groups)
+        else:
+            out = self.model.get_decoder()(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_for(attention_mask),
+                use_cache=False,
+            )
+            hidden = out.last_hidden_state[:, -(response_len + 1) : -1]  # position t predicts response token t
         head = self.model.get_output_embeddings()
         # The head runs outside any bf16 autocast: bf16 logits (~3 digits) would put ~0.05 of noise on every
         # log-prob, hence on the ratios and the KL; it is one matmul on the response positions only.
         with torch.autocast(hidden.device.type, enabled=False):
             logits = head(hidden.to(head.weight.dtype)).float() / temperature
         return logits, (hidden if with_hidden else None)
+
+    def _shared_prompt_states(
+        self, input_ids: Tensor, attention_mask: Tensor, response_len: int, groups: Tensor
+    ) -> Tensor:
+        """The final hidden states (B, T, H) that predict the last T = ``response_len`` tokens, each group's prompt
+        run once: the prompt forward (one row per group) fills a KV cache that is gathered out to every row, then
+        the response tokens but the last (it predicts nothing) attend to it. Gradients reach the prompt positions'
+        adapter activations through the gathered keys and values."""
+        prompt_len = input_ids.shape[1] - response_len
+        first, row_group = first_rows(groups)  # (U,) each group's first row; (B,) each row's group
+        prompt_ids, prompt_mask = input_ids[first, :prompt_len], attention_mask[first, :prompt_len]
+        if not (
+            torch.equal(prompt_ids[row_group], input_ids[:, :prompt_len])
+            and torch.equal(prompt_mask[row_group], attention_mask[:, :prompt_len])
+        ):
+            raise ValueError("rows with the same group id must have the same prompt tokens")
+        routing = self.slot.routing
+        if routing is not None and not torch.allclose(routing.weights[first][row_group], routing.weights, atol=1e-6):
+            raise ValueError("rows with the same group id must have the same routing weights")
+        decoder = self.model.get_decoder()
+        with self._installed(None if routing is None else routing.rows(first)):
+            prompt = decoder(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                position_ids=position_ids_for(prompt_mask),
+                use_cache=True,
+            )
+        last_prompt = prompt.last_hidden_state[row_group, -1:]  # predicts response token 0
+        if response_len == 1:
+            return last_prompt
+        cache = prompt.past_key_values
+        if cache is None or cache.get_seq_length() != prompt_len:  # gradient checkpointing drops the cache
+            raise RuntimeError("the shared prompt forward kept no KV cache; turn gradient checkpointing off")
+        cache.batch_select_indices(row_group)
+        mask = attention_mask[:, :-1]
+        out = decoder(
+            input_ids=input_ids[:, prompt_len:-1],
+            attention_mask=mask,
+            position_ids=position_ids_for(mask)[:, prompt_len:],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return torch.cat([last_prompt, out.last_hidden_state], dim=1)
 
     # ---- generation -------------------------------------------------------------------------------------
     @torch.no_grad()

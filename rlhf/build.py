@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -39,11 +41,26 @@ def build_policy(cfg: JobConfig) -> PersonaFusePolicy:
     return PersonaFusePolicy.from_base(persona_config(cfg))
 
 
+@dataclass(frozen=True)
+class RoutedPrompts:
+    """The router's decision for a list of prompts, on the CPU."""
+
+    weights: Tensor  # (N, E) mixture weights the rollouts sample with
+    features: Tensor  # (N, d) what the router read (the frozen base, adapters off): the update re-routes from it
+
+    @staticmethod
+    def cat(parts: list[RoutedPrompts]) -> RoutedPrompts:
+        return RoutedPrompts(torch.cat([p.weights for p in parts]), torch.cat([p.features for p in parts]))
+
+
 @torch.no_grad()
-def route_records(policy: PersonaFusePolicy, records: list[PromptRecord], max_tokens: int) -> Tensor:
-    """The router's weights (N, E) for prompt records, on the CPU (where the rollouts take them)."""
+def route_records(policy: PersonaFusePolicy, records: list[PromptRecord], max_tokens: int) -> RoutedPrompts:
+    """The router's weights (N, E) for prompt records and the features it read, on the CPU (where the rollouts
+    take them)."""
     _, ids, mask = tokenize_prompts(policy, records, max_tokens)
-    return policy.route(ids.to(policy.device), mask.to(policy.device)).weights.float().cpu()
+    features = policy.situation_features(ids.to(policy.device), mask.to(policy.device))
+    weights = policy.router(features).weights
+    return RoutedPrompts(weights.float().cpu(), features.cpu())  # features in the policy's dtype, for its router
 
 
 def tokenize_prompts(policy: PersonaFusePolicy, records: list[PromptRecord], max_tokens: int) -> tuple[

@@ -156,11 +156,21 @@ class LearnerConfig(FrozenConfig):
     warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up in optimizer steps.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward on one rank.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    shared_prompt_forward: bool = Field(
+        True,
+        description="Run each prompt once for its G samples and reuse its keys/values (same log-probs and "
+        "gradients, the prompt's share of the learner's work divided by G).",
+    )
 
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> LearnerConfig:
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("learner.offload_optimizer needs learner.zero_stage >= 1 (ZeRO-0 cannot offload)")
+        if self.gradient_checkpointing and self.shared_prompt_forward:
+            raise ValueError(
+                "learner.gradient_checkpointing needs learner.shared_prompt_forward=false: checkpointed layers keep "
+                "no KV cache for the shared prompt"
+            )
         return self
 
 

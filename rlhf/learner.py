@@ -22,7 +22,7 @@ from policies.router import replay_selection
 from rlhf import learner_state
 from rlhf.aggregation import aggregate
 from rlhf.batch import RolloutBatch
-from rlhf.build import build_policy, route_records
+from rlhf.build import RoutedPrompts, build_policy, route_records
 from rlhf.config import JobConfig
 from rlhf.critic import ValueHead
 from rlhf.kl import get_kl_estimator
@@ -141,15 +141,23 @@ class Learner:
         self.pole_anchor = PoleAnchor(self.policy, data, self.cfg.algorithm.pole_anchor, seed=self.cfg.run.seed)
         return len(self.pole_anchor.rows)
 
-    def route(self, records: list[PromptRecord]) -> Tensor:
-        """The current router's weights (N, E) for these prompts, on the CPU: the rollouts sample with them (and
-        keep no base copy to route with). Computed as the update does (outside autocast, in the engine's dtype),
+    def route(self, records: list[PromptRecord]) -> RoutedPrompts:
+        """The current router's weights (N, E) for these prompts and the features it read, on the CPU: the rollouts
+        sample with the weights (and keep no base copy to route with); the update re-routes from the features (the
+        base is frozen, so they stay valid). Computed as the update does (outside autocast, in the engine's dtype),
         ``micro_batch_size`` prompts per forward so the activations stay within what the update needs."""
         size = self.cfg.learner.micro_batch_size
         max_tokens = self.cfg.data.max_prompt_tokens
-        return torch.cat(
+        return RoutedPrompts.cat(
             [route_records(self.policy, records[i : i + size], max_tokens) for i in range(0, len(records), size)]
         )
+
+    def prompt_groups(self, mb: RolloutBatch) -> Tensor | None:
+        """The rows that share a prompt, when the prompt runs once per group (``learner.shared_prompt_forward``)
+        and some group has more than one row here (else sharing saves nothing and costs a second call)."""
+        if not self.cfg.learner.shared_prompt_forward or mb.group_ids.unique().numel() == len(mb):
+            return None
+        return mb.group_ids
 
     def micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
         """``micro_batch_size`` rows at a time in order, each without its all-padding columns."""
@@ -166,7 +174,7 @@ class Learner:
         columns: dict[str, list[Tensor]] = {"old_logprobs": [], "ref_logprobs": [], "values": []}
         for mb in self.micro_batches(batch):
             if self.cfg.algorithm.needs_old_logprobs:
-                weights = replay_selection(self.policy.route(mb.prompt_ids, mb.prompt_mask).probs, mb.routing_weights)
+                weights = replay_selection(self.policy.router(mb.situation_features).probs, mb.routing_weights)
                 with self.policy.mixture(weights), bf16_autocast(self.mixed_bf16):
                     logits, hidden = self.policy.response_outputs(
                         mb.input_ids,
@@ -174,13 +182,16 @@ class Learner:
                         mb.response_len,
                         temperature,
                         with_hidden=self.critic is not None,
+                        groups=self.prompt_groups(mb),
                     )
                 columns["old_logprobs"].append(token_logprobs(logits, mb.response_ids))
                 if self.critic is not None:
                     columns["values"].append(self.critic(hidden.float()))
             with bf16_autocast(self.mixed_bf16):
                 columns["ref_logprobs"].append(
-                    self.policy.ref_logprobs(mb.input_ids, mb.attention_mask, mb.response_len, temperature)
+                    self.policy.ref_logprobs(
+                        mb.input_ids, mb.attention_mask, mb.response_len, temperature, self.prompt_groups(mb)
+                    )
                 )
         width = batch.response_len  # micro-batches come trimmed: pad each back to the batch's response width
         return {
@@ -221,14 +232,14 @@ class Learner:
 
     def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, float]:
         algo, mask = self.cfg.algorithm, mb.response_mask
-        features = self.policy.situation_features(mb.prompt_ids, mb.prompt_mask)
+        features = mb.situation_features  # read at routing time: the frozen base gives the same now
         routed = self.policy.router(features)
         weights = replay_selection(routed.probs, mb.routing_weights)  # the experts the sample was drawn with
         replayed = ((routed.weights > 0) != (mb.routing_weights > 0)).any(-1).float().mean()
         with self.policy.mixture(weights), bf16_autocast(self.mixed_bf16):
             logits, hidden = self.policy.response_outputs(
                 mb.input_ids, mb.attention_mask, mb.response_len, self.cfg.rollout.temperature,
-                with_hidden=self.critic is not None,
+                with_hidden=self.critic is not None, groups=self.prompt_groups(mb),
             )  # fmt: skip  # (b, T, V), (b, T, H)
         logprobs = token_logprobs(logits, mb.response_ids)
         per_token, metrics = policy_loss(

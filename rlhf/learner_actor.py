@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from rlhf.batch import RolloutBatch
+from rlhf.build import RoutedPrompts
 from rlhf.config import JobConfig
 from rlhf.learner import Learner, MinibatchCounts, init_distributed
 from rlhf.pole_anchor import PersonaData
@@ -45,7 +46,7 @@ class LearnerActor:
     def set_pole_anchor(self, data: PersonaData) -> int:
         return self.learner.set_pole_anchor(data)
 
-    def route(self, records: list[PromptRecord]) -> Tensor:
+    def route(self, records: list[PromptRecord]) -> RoutedPrompts:
         return self.learner.route(records)
 
     def score(self, shard: RolloutBatch) -> dict[str, Tensor]:

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import ray
 import torch
-from torch import Tensor
 
 from rlhf.advantages import AdvantageInputs, get_advantage
 from rlhf.batch import RolloutBatch, concat
+from rlhf.build import RoutedPrompts
 from rlhf.config import AlgorithmConfig, JobConfig
 from rlhf.kl import get_kl_estimator, kl_shaped_token_rewards
 from rlhf.learner import MinibatchCounts
@@ -34,9 +34,10 @@ def set_pole_anchor(actors: ActorGroups, data: PersonaData) -> None:
     ray.get([learner.set_pole_anchor.remote(ref) for learner in actors.learners])
 
 
-def route(actors: ActorGroups, records: list[PromptRecord]) -> Tensor:
-    """The learners' routing weights (N, E) for the step's prompts, each rank routing a contiguous share (the ranks
-    hold the same router; a prompt-only forward without gradient, with no collective under ZeRO <= 2)."""
+def route(actors: ActorGroups, records: list[PromptRecord]) -> RoutedPrompts:
+    """The learners' routing weights (N, E) for the step's prompts and the features the router read, each rank
+    routing a contiguous share (the ranks hold the same router; a prompt-only forward without gradient, with no
+    collective under ZeRO <= 2)."""
     n = len(actors.learners)
     bounds = [len(records) * i // n for i in range(n + 1)]
     futures = [
@@ -44,22 +45,25 @@ def route(actors: ActorGroups, records: list[PromptRecord]) -> Tensor:
         for learner, lo, hi in zip(actors.learners, bounds[:-1], bounds[1:], strict=True)
         if hi > lo
     ]
-    return torch.cat(ray.get(futures))
+    return RoutedPrompts.cat(ray.get(futures))
 
 
 def generate(
-    actors: ActorGroups, records: list[PromptRecord], weights: Tensor, version: int, seed: int
+    actors: ActorGroups, records: list[PromptRecord], routed: RoutedPrompts, version: int, seed: int
 ) -> RolloutBatch:
     """Splits the prompts and their routing weights over the rollout actors; group ids stay global, and so do the
-    sampling seeds derived from them (rollout.prompt_seeds)."""
-    share = len(records) // len(actors.rollouts)
+    sampling seeds derived from them (rollout.prompt_seeds). The batch carries the router's features for its
+    rows, so the update routes again without another forward over the prompts."""
+    weights, share = routed.weights, len(records) // len(actors.rollouts)
     futures = [
         actor.generate.remote(
             records[i * share : (i + 1) * share], weights[i * share : (i + 1) * share], i * share, version, seed
         )
         for i, actor in enumerate(actors.rollouts)
     ]
-    return concat(ray.get(futures))
+    batch = concat(ray.get(futures))
+    batch.situation_features = routed.features[batch.group_ids]
+    return batch
 
 
 def score(actors: ActorGroups, batch: RolloutBatch) -> None:

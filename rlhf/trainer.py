@@ -169,9 +169,9 @@ def train(
             # 1. route the prompts on the learners, sample G replies per prompt with that persona mixture
             records = stream.next_batch()
             with stages.timed(timings, "route"):
-                weights = stages.route(actors, records)
+                routed = stages.route(actors, records)
             with stages.timed(timings, "gen"):
-                batch = stages.generate(actors, records, weights, version, seed=cfg.run.seed * 100_003 + step)
+                batch = stages.generate(actors, records, routed, version, seed=cfg.run.seed * 100_003 + step)
 
             # 2. social-emotional rewards minus safety penalties, every component kept for the log
             with stages.timed(timings, "reward"):

@@ -163,3 +163,59 @@ def test_bf16_autocast_keeps_the_head_in_fp32(tiny_policy, prompt_batch) -> None
     assert 0 < (mixed - full).abs().max() < 0.1  # bf16 body: close to fp32, not identical
     with tiny_policy.mixture(weights), bf16_autocast(enabled=False):
         assert torch.equal(tiny_policy.response_logits(ids, mask, 5), full)
+
+
+def grouped_rows(prompt_batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Six rows: the two prompts interleaved (groups 7, 3, 7, 3, 7, 3), each row its own right-padded reply."""
+    order = torch.tensor([0, 1, 0, 1, 0, 1])
+    prompts, prompt_mask = prompt_batch["prompt_ids"][order], prompt_batch["prompt_mask"][order]
+    gen = torch.Generator().manual_seed(1)
+    replies = torch.randint(5, 500, (6, 5), generator=gen)
+    reply_mask = (torch.arange(5)[None] < torch.tensor([5, 3, 5, 1, 4, 2])[:, None]).long()
+    ids = torch.cat([prompts, replies], 1)
+    mask = torch.cat([prompt_mask, reply_mask], 1)
+    return ids, mask, torch.tensor([7, 3, 7, 3, 7, 3])
+
+
+def test_shared_prompt_forward_matches_the_full_forward(tiny_policy, prompt_batch) -> None:
+    """groups=...: each prompt runs once and its KV cache serves the group's rows. Logits, hidden states and the
+    gradients of the experts and of each group's routing weights equal those of one full forward per row (masked
+    positions only; a group's prompt pass reads its first row's weights, so only per-group sums compare)."""
+    randomize_experts(tiny_policy, std=0.2)
+    ids, mask, groups = grouped_rows(prompt_batch)
+    reply_mask = mask[:, -5:].bool()
+    per_prompt = torch.zeros(2, 10)
+    per_prompt[0, [1, 4]], per_prompt[1, [2, 9]] = torch.tensor([0.7, 0.3]), torch.tensor([0.4, 0.6])
+    results = {}
+    for shared in (None, groups):
+        tiny_policy.zero_grad()
+        weights = per_prompt[torch.tensor([0, 1, 0, 1, 0, 1])].requires_grad_()
+        with tiny_policy.mixture(weights):
+            logits, hidden = tiny_policy.response_outputs(ids, mask, 5, with_hidden=True, groups=shared)
+        (logits.logsumexp(-1) * reply_mask).sum().backward()
+        layer = next(iter(tiny_policy.mixture_layers.values()))
+        group_grad = torch.zeros(2, 10).index_add(0, torch.tensor([0, 1, 0, 1, 0, 1]), weights.grad)
+        results[shared is None] = (logits[reply_mask], hidden[reply_mask], layer.lora_A.grad.clone(), group_grad)
+    for full, shared in zip(results[True], results[False], strict=True):
+        torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-4)
+    assert results[True][2].abs().sum() > 0  # the experts did get gradients
+    ref_full = tiny_policy.ref_logprobs(ids, mask, 5)
+    torch.testing.assert_close(tiny_policy.ref_logprobs(ids, mask, 5, groups=groups)[reply_mask], ref_full[reply_mask])
+
+
+def test_shared_prompt_forward_rejects_rows_that_do_not_share(tiny_policy, prompt_batch) -> None:
+    ids, mask, groups = grouped_rows(prompt_batch)
+    with pytest.raises(ValueError, match="same prompt tokens"):
+        tiny_policy.ref_logprobs(ids, mask, 5, groups=torch.zeros(6, dtype=torch.long))
+    weights = torch.softmax(torch.randn(6, 10), -1)  # a different mixture on every row
+    with pytest.raises(ValueError, match="same routing weights"), tiny_policy.mixture(weights):
+        tiny_policy.response_outputs(ids, mask, 5, groups=groups)
+
+
+def test_first_rows_rebuilds_rows_from_groups() -> None:
+    from policies.policy import first_rows
+
+    groups = torch.tensor([5, 2, 5, 9, 2])
+    first, row_group = first_rows(groups)
+    assert torch.equal(groups[first][row_group], groups)
+    assert sorted(first.tolist()) == [0, 1, 3]  # each group's first row

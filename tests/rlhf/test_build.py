@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.build import build_policy, tokenize_prompts
+from rlhf.build import build_policy, route_records, tokenize_prompts
 from rlhf.config import load_config
-from rlhf.prompts import PromptRecord
+from rlhf.prompts import PromptRecord, load_prompts
 
 
 def test_policies_built_from_one_config_are_identical(tiny_model_dir) -> None:
@@ -21,3 +21,14 @@ def test_over_long_prompt_names_its_source(tiny_policy) -> None:
         tokenize_prompts(tiny_policy, records, max_tokens=16)
     texts, ids, mask = tokenize_prompts(tiny_policy, records, max_tokens=512)
     assert "word" in texts[0] and ids.shape == mask.shape
+
+
+def test_route_records_returns_the_features_the_router_read(tiny_policy) -> None:
+    """The update re-routes from these features, so they must be what the router saw: the frozen base's pooled
+    prompt states, adapters off, for the same tokens."""
+    records = load_prompts("builtin")[:3]
+    routed = route_records(tiny_policy, records, max_tokens=512)
+    _, ids, mask = tokenize_prompts(tiny_policy, records, max_tokens=512)
+    torch.testing.assert_close(routed.features, tiny_policy.situation_features(ids, mask))
+    torch.testing.assert_close(routed.weights, tiny_policy.router(routed.features).weights)
+    assert routed.weights.shape == (3, len(tiny_policy.experts))

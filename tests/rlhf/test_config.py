@@ -55,6 +55,7 @@ def test_overrides_parse_yaml_values() -> None:
         (["rewards.components=[{name: validaton, weight: 1}]"], "validation"),
         (["steps"], "key.path=value"),
         (["learner.offload_optimizer=true", "learner.zero_stage=0"], "offload_optimizer needs"),
+        (["learner.gradient_checkpointing=true"], "shared_prompt_forward=false"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: list[str], message: str) -> None:

@@ -32,7 +32,9 @@ def sample_batch(overrides: list[str]):
     randomize_experts(worker.policy, std=0.2)
     worker.set_weights(snapshot(worker.policy, version=0))
     records = load_prompts("builtin")[:2]
-    batch = worker.generate(records, route_records(worker.policy, records, cfg.data.max_prompt_tokens), 0, 0, seed=0)
+    routed = route_records(worker.policy, records, cfg.data.max_prompt_tokens)
+    batch = worker.generate(records, routed.weights, 0, 0, seed=0)
+    batch.situation_features = routed.features[batch.group_ids]  # as stages.generate attaches them
     batch.rewards = torch.tensor([1.0, 0.2, -0.5, 0.3, 0.0, 1.0, 0.5, -1.0])
     return batch
 
@@ -163,7 +165,9 @@ def test_lora_fa_trains_b_only_and_syncs_b_only(ray_local, tiny_model_dir) -> No
     actors = create_actors(cfg)
     records = load_prompts("builtin")[:3]
     routed = stages.route(actors, records)  # the learners route for the rollouts: the same router as a local build
-    torch.testing.assert_close(routed, route_records(build_policy(cfg), records, cfg.data.max_prompt_tokens))
+    local = route_records(build_policy(cfg), records, cfg.data.max_prompt_tokens)
+    torch.testing.assert_close(routed.weights, local.weights)
+    torch.testing.assert_close(routed.features, local.features)
     start = ray.get(actors.learners[0].adapter_state.remote())
     _, complete_bytes = stages.sync_weights(actors)
     b = batch.select(slice(None))

@@ -46,7 +46,7 @@ def make_worker(model_dir, dtype: str = "fp32") -> RolloutWorker:
 
 def routed(worker: RolloutWorker, records) -> torch.Tensor:
     """The weights a learner with the same adapters would send."""
-    return route_records(worker.policy, records, worker.cfg.data.max_prompt_tokens)
+    return route_records(worker.policy, records, worker.cfg.data.max_prompt_tokens).weights
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ def test_rollout_actor_generates_and_refuses_stale_versions(ray_local, tiny_mode
     actor = ray.remote(RolloutActor).options(num_cpus=1).remote(cfg)
     records = load_prompts("builtin")[:1]
     policy = build_policy(cfg)
-    weights = route_records(policy, records, cfg.data.max_prompt_tokens)
+    weights = route_records(policy, records, cfg.data.max_prompt_tokens).weights
     with pytest.raises(ray.exceptions.RayTaskError, match="no adapter weights yet"):
         ray.get(actor.generate.remote(records, weights, 0, 0, 1))
     assert ray.get(actor.set_weights.remote(snapshot(policy, version=0))) == 0

@@ -34,7 +34,7 @@ def main() -> None:
     randomize_experts(full, std=0.2)
     worker.set_weights(snapshot(full, version=0))
     records = load_prompts("builtin")[:2]
-    weights = route_records(full, records, cfg.data.max_prompt_tokens)
+    weights = route_records(full, records, cfg.data.max_prompt_tokens).weights
     batch = worker.generate(records, weights, 0, 0, seed=3)
     relogged = full.logprobs(batch.input_ids, batch.attention_mask, batch.response_len, batch.routing_weights)
     gap = ((relogged - batch.rollout_logprobs) * batch.response_mask).abs().max().item()
