@@ -101,13 +101,15 @@ def run_ours(engine: str, steps: int, workdir: Path) -> list[dict[str, float]]:
 
 
 def summarize_ours(rows: list[dict[str, float]]) -> dict[str, object]:
-    med = {key: median_after_warmup([r[key] for r in rows]) for key in rows[0] if key != "step"}
+    every_step = [key for key in rows[-1] if key != "step" and all(key in r for r in rows)]  # not the startup keys
+    med = {key: median_after_warmup([r[key] for r in rows]) for key in every_step}
     return {
         "step_s_median": med["time/step_s"],
         "tokens_per_s": med["rollout/tokens_per_s"],
         "response_len_median": med["response_len"],
         "timing_median": {k.removeprefix("timing/"): round(v, 3) for k, v in med.items() if k.startswith("timing/")},
         "sync_bytes": int(rows[-1]["sync/bytes"]),
+        "sync_full_bytes": int(rows[0].get("sync/full_bytes", 0)),  # the run's first, complete snapshot
         "sync_seconds_median": med["sync/seconds"],
         "step_s": [round(r["time/step_s"], 3) for r in rows],
     }
