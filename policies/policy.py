@@ -254,7 +254,9 @@ class PersonaFusePolicy(nn.Module):
         # The head runs outside any bf16 autocast: bf16 logits (~3 digits) would put ~0.05 of noise on every
         # log-prob, hence on the ratios and the KL; it is one matmul on the response positions only.
         with torch.autocast(hidden.device.type, enabled=False):
-            logits = head(hidden.to(head.weight.dtype)).float() / temperature
+            logits = head(hidden.to(head.weight.dtype)).float()
+        if temperature != 1.0:  # a (B, T, V) copy otherwise spent on dividing by 1
+            logits = logits / temperature
         return logits, (hidden if with_hidden else None)
 
     def _shared_prompt_states(

@@ -12,25 +12,47 @@ delta here, where vLLM's gather would pick the last adapter slot.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 DENSE_MAX_ROWS = 64  # decode-sized batches: all adapters in one matmul; prefill-sized: one matmul per adapter
 
 
-def grouped_lora_matmul(inputs: Tensor, weights: Tensor, indices: Tensor, dtype: torch.dtype) -> Tensor:
+@dataclass(frozen=True)
+class RowPick:
+    """Each row's block of a decode-sized all-adapters product, from the per-token adapter index. Built once per
+    layer and shared by its slices' matmuls: at decode sizes these small index ops, repeated for every matmul,
+    cost as much as the matmuls."""
+
+    rows: Tensor  # (N,) 0..N-1
+    adapters: Tensor  # (N,) each row's adapter slot, -1 (no adapter) read as 0 and then zeroed
+    missing: Tensor | None  # (N, 1) rows without an adapter; None when every row has one
+
+    @staticmethod
+    def of(indices: Tensor) -> RowPick:
+        missing = (indices < 0)[:, None]
+        rows = torch.arange(indices.shape[0], device=indices.device)
+        return RowPick(rows, indices.clamp_min(0), missing if bool(missing.any()) else None)
+
+
+def grouped_lora_matmul(
+    inputs: Tensor, weights: Tensor, indices: Tensor, dtype: torch.dtype, pick: RowPick | None = None
+) -> Tensor:
     """out[n] = inputs[n] @ weights[indices[n]]^T, (N, i) x (L, [1,] o, i) -> (N, o); 0 where indices[n] < 0.
 
     Few rows (decode steps): one matmul against all L adapters side by side, (N, i) x (i, L*o), each row keeping
-    its adapter's block; the L-fold extra FLOPs are tiny and it is three ops instead of a loop. Many rows
-    (prefill): one matmul per distinct adapter on its rows."""
+    its adapter's block (``pick``, built from ``indices`` when not given); the L-fold extra FLOPs are tiny and it
+    is three ops instead of a loop. Many rows (prefill): one matmul per distinct adapter on its rows."""
     w = weights.squeeze(1) if weights.dim() == 4 else weights  # (L, o, i)
     num_adapters, width, _ = w.shape
     x = inputs.to(dtype)
     if x.shape[0] <= DENSE_MAX_ROWS:
+        pick = pick or RowPick.of(indices)
         every = (x @ w.reshape(num_adapters * width, -1).to(dtype).T).view(x.shape[0], num_adapters, width)
-        out = every[torch.arange(x.shape[0]), indices.clamp_min(0)]
-        return out.masked_fill_((indices < 0)[:, None], 0.0)
+        out = every[pick.rows, pick.adapters]
+        return out if pick.missing is None else out.masked_fill_(pick.missing, 0.0)
     out = x.new_zeros(x.shape[0], width)
     for adapter in torch.unique(indices).tolist():
         if adapter >= 0:
@@ -85,12 +107,14 @@ def add_lora_linear(self, y: Tensor, x: Tensor, lora_a_stacked: tuple[Tensor, ..
     indices = self.token_lora_indices
     x = x.view(-1, x.shape[-1])
     out = y.view(-1, y.shape[-1])
+    pick = RowPick.of(indices) if x.shape[0] <= DENSE_MAX_ROWS else None
     offset = 0
     for a, b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
-        shrunk = grouped_lora_matmul(x, a, indices, a.dtype)
+        shrunk = grouped_lora_matmul(x, a, indices, a.dtype, pick)
         if scale != 1.0:
             shrunk.mul_(scale)
-        out[:, offset : offset + size] += grouped_lora_matmul(shrunk, b, indices, b.dtype)[:, :size].to(out.dtype)
+        delta = grouped_lora_matmul(shrunk, b, indices, b.dtype, pick)
+        out[:, offset : offset + size] += delta[:, :size].to(out.dtype)
         offset += size
 
 
