@@ -47,7 +47,7 @@ def position_ids_for(attention_mask: Tensor) -> Tensor:
 
 
 def first_rows(groups: Tensor) -> tuple[Tensor, Tensor]:
-    """For group ids (B,): the first row of each distinct group (U,), in order of appearance, and each row's
+    """For group ids (B,): the first row of each distinct group (U,), ordered by group id, and each row's
     position in that list (B,), so ``x[first][row_group]`` rebuilds per-row ``x`` from per-group values."""
     distinct, row_group = torch.unique(groups, return_inverse=True)  # distinct ids sorted; row_group indexes them
     first = torch.full((len(distinct),), len(groups), dtype=torch.long, device=groups.device)

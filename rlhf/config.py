@@ -156,10 +156,11 @@ class LearnerConfig(FrozenConfig):
     warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up in optimizer steps.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward on one rank.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
-    shared_prompt_forward: bool = Field(
-        True,
+    shared_prompt_forward: bool | None = Field(
+        None,
         description="Run each prompt once for its G samples and reuse its keys/values (same log-probs and "
-        "gradients, the prompt's share of the learner's work divided by G).",
+        "gradients, the prompt's share of the learner's work divided by G). null = on unless "
+        "gradient_checkpointing (checkpointed layers keep no KV cache).",
     )
 
     @model_validator(mode="after")
@@ -168,10 +169,17 @@ class LearnerConfig(FrozenConfig):
             raise ValueError("learner.offload_optimizer needs learner.zero_stage >= 1 (ZeRO-0 cannot offload)")
         if self.gradient_checkpointing and self.shared_prompt_forward:
             raise ValueError(
-                "learner.gradient_checkpointing needs learner.shared_prompt_forward=false: checkpointed layers keep "
-                "no KV cache for the shared prompt"
+                "learner.shared_prompt_forward=true cannot run with learner.gradient_checkpointing=true: "
+                "checkpointed layers keep no KV cache for the shared prompt (leave it null or set it false)"
             )
         return self
+
+    @property
+    def shares_prompts(self) -> bool:
+        """Whether each prompt runs once for its group's rows (``shared_prompt_forward``, resolved)."""
+        if self.shared_prompt_forward is None:
+            return not self.gradient_checkpointing
+        return self.shared_prompt_forward
 
 
 class PlacementConfig(FrozenConfig):

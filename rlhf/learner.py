@@ -155,9 +155,19 @@ class Learner:
     def prompt_groups(self, mb: RolloutBatch) -> Tensor | None:
         """The rows that share a prompt, when the prompt runs once per group (``learner.shared_prompt_forward``)
         and some group has more than one row here (else sharing saves nothing and costs a second call)."""
-        if not self.cfg.learner.shared_prompt_forward or mb.group_ids.unique().numel() == len(mb):
+        if not self.cfg.learner.shares_prompts or mb.group_ids.unique().numel() == len(mb):
             return None
         return mb.group_ids
+
+    @staticmethod
+    def features(mb: RolloutBatch) -> Tensor:
+        """The router's input for these rows, as the route stage computed it (``stages.generate`` attaches it)."""
+        if mb.situation_features is None:
+            raise ValueError(
+                "the batch carries no situation_features: the update routes from the route stage's features "
+                "(stages.generate attaches them; a hand-built batch must set them)"
+            )
+        return mb.situation_features
 
     def micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
         """``micro_batch_size`` rows at a time in order, each without its all-padding columns."""
@@ -173,8 +183,9 @@ class Learner:
         batch = batch.to(self.device)
         columns: dict[str, list[Tensor]] = {"old_logprobs": [], "ref_logprobs": [], "values": []}
         for mb in self.micro_batches(batch):
+            groups = self.prompt_groups(mb)
             if self.cfg.algorithm.needs_old_logprobs:
-                weights = replay_selection(self.policy.router(mb.situation_features).probs, mb.routing_weights)
+                weights = replay_selection(self.policy.router(self.features(mb)).probs, mb.routing_weights)
                 with self.policy.mixture(weights), bf16_autocast(self.mixed_bf16):
                     logits, hidden = self.policy.response_outputs(
                         mb.input_ids,
@@ -182,16 +193,14 @@ class Learner:
                         mb.response_len,
                         temperature,
                         with_hidden=self.critic is not None,
-                        groups=self.prompt_groups(mb),
+                        groups=groups,
                     )
                 columns["old_logprobs"].append(token_logprobs(logits, mb.response_ids))
                 if self.critic is not None:
                     columns["values"].append(self.critic(hidden.float()))
             with bf16_autocast(self.mixed_bf16):
                 columns["ref_logprobs"].append(
-                    self.policy.ref_logprobs(
-                        mb.input_ids, mb.attention_mask, mb.response_len, temperature, self.prompt_groups(mb)
-                    )
+                    self.policy.ref_logprobs(mb.input_ids, mb.attention_mask, mb.response_len, temperature, groups)
                 )
         width = batch.response_len  # micro-batches come trimmed: pad each back to the batch's response width
         return {
@@ -232,7 +241,7 @@ class Learner:
 
     def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, float]:
         algo, mask = self.cfg.algorithm, mb.response_mask
-        features = mb.situation_features  # read at routing time: the frozen base gives the same now
+        features = self.features(mb)  # read at routing time: the frozen base gives the same now
         routed = self.policy.router(features)
         weights = replay_selection(routed.probs, mb.routing_weights)  # the experts the sample was drawn with
         replayed = ((routed.weights > 0) != (mb.routing_weights > 0)).any(-1).float().mean()
@@ -270,7 +279,8 @@ class Learner:
         router_terms = routed.aux_loss
         anchor_kl = None
         if self.anchor_router is not None:
-            anchor_kl = router_anchor_kl(routed.probs, self.anchor_router(features).probs)
+            anchor_dtype = next(self.anchor_router.parameters()).dtype  # fp32 copy, also under learner.dtype=bf16
+            anchor_kl = router_anchor_kl(routed.probs, self.anchor_router(features.to(anchor_dtype)).probs)
             router_terms = router_terms + algo.router_anchor_coef * anchor_kl
         loss = loss + router_terms * len(mb) / minibatch_rows
         anchor = self._pole_anchor_loss() if self.engine.is_gradient_accumulation_boundary() else None

@@ -31,9 +31,10 @@ class RowPick:
     missing: Tensor | None  # (N, 1) rows without an adapter; None when every row has one
 
     @staticmethod
-    def of(indices: Tensor) -> RowPick:
+    def of(indices: Tensor, num_rows: int) -> RowPick:
+        """For ``num_rows`` input rows (vLLM may pass a single row against several indices: it broadcasts)."""
         missing = (indices < 0)[:, None]
-        rows = torch.arange(indices.shape[0], device=indices.device)
+        rows = torch.arange(num_rows, device=indices.device)
         return RowPick(rows, indices.clamp_min(0), missing if bool(missing.any()) else None)
 
 
@@ -49,7 +50,8 @@ def grouped_lora_matmul(
     num_adapters, width, _ = w.shape
     x = inputs.to(dtype)
     if x.shape[0] <= DENSE_MAX_ROWS:
-        pick = pick or RowPick.of(indices)
+        if pick is None or pick.rows.shape[0] != x.shape[0]:
+            pick = RowPick.of(indices, x.shape[0])
         every = (x @ w.reshape(num_adapters * width, -1).to(dtype).T).view(x.shape[0], num_adapters, width)
         out = every[pick.rows, pick.adapters]
         return out if pick.missing is None else out.masked_fill_(pick.missing, 0.0)
@@ -107,7 +109,7 @@ def add_lora_linear(self, y: Tensor, x: Tensor, lora_a_stacked: tuple[Tensor, ..
     indices = self.token_lora_indices
     x = x.view(-1, x.shape[-1])
     out = y.view(-1, y.shape[-1])
-    pick = RowPick.of(indices) if x.shape[0] <= DENSE_MAX_ROWS else None
+    pick = RowPick.of(indices, x.shape[0]) if x.shape[0] <= DENSE_MAX_ROWS else None
     offset = 0
     for a, b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
         shrunk = grouped_lora_matmul(x, a, indices, a.dtype, pick)

@@ -177,7 +177,8 @@ def grouped_rows(prompt_batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.
     return ids, mask, torch.tensor([7, 3, 7, 3, 7, 3])
 
 
-def test_shared_prompt_forward_matches_the_full_forward(tiny_policy, prompt_batch) -> None:
+@pytest.mark.parametrize("routing", ["top2", "dense"])
+def test_shared_prompt_forward_matches_the_full_forward(tiny_policy, prompt_batch, routing: str) -> None:
     """groups=...: each prompt runs once and its KV cache serves the group's rows. Logits, hidden states and the
     gradients of the experts and of each group's routing weights equal those of one full forward per row (masked
     positions only; a group's prompt pass reads its first row's weights, so only per-group sums compare)."""
@@ -186,6 +187,8 @@ def test_shared_prompt_forward_matches_the_full_forward(tiny_policy, prompt_batc
     reply_mask = mask[:, -5:].bool()
     per_prompt = torch.zeros(2, 10)
     per_prompt[0, [1, 4]], per_prompt[1, [2, 9]] = torch.tensor([0.7, 0.3]), torch.tensor([0.4, 0.6])
+    if routing == "dense":  # every expert active: the mixture's dense path, not the top-k gather
+        per_prompt = torch.softmax(torch.randn(2, 10, generator=torch.Generator().manual_seed(2)), -1)
     results = {}
     for shared in (None, groups):
         tiny_policy.zero_grad()
@@ -195,12 +198,15 @@ def test_shared_prompt_forward_matches_the_full_forward(tiny_policy, prompt_batc
         (logits.logsumexp(-1) * reply_mask).sum().backward()
         layer = next(iter(tiny_policy.mixture_layers.values()))
         group_grad = torch.zeros(2, 10).index_add(0, torch.tensor([0, 1, 0, 1, 0, 1]), weights.grad)
-        results[shared is None] = (logits[reply_mask], hidden[reply_mask], layer.lora_A.grad.clone(), group_grad)
+        expert_grads = (layer.lora_A.grad.clone(), layer.lora_B.grad.clone())
+        results[shared is None] = (logits[reply_mask], hidden[reply_mask], *expert_grads, group_grad)
     for full, shared in zip(results[True], results[False], strict=True):
         torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-4)
     assert results[True][2].abs().sum() > 0  # the experts did get gradients
     ref_full = tiny_policy.ref_logprobs(ids, mask, 5)
     torch.testing.assert_close(tiny_policy.ref_logprobs(ids, mask, 5, groups=groups)[reply_mask], ref_full[reply_mask])
+    one = tiny_policy.ref_logprobs(ids[:, :-4], mask[:, :-4], 1, groups=groups)  # a one-token reply: no reply pass
+    torch.testing.assert_close(one, tiny_policy.ref_logprobs(ids[:, :-4], mask[:, :-4], 1))
 
 
 def test_shared_prompt_forward_rejects_rows_that_do_not_share(tiny_policy, prompt_batch) -> None:

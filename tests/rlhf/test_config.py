@@ -55,7 +55,7 @@ def test_overrides_parse_yaml_values() -> None:
         (["rewards.components=[{name: validaton, weight: 1}]"], "validation"),
         (["steps"], "key.path=value"),
         (["learner.offload_optimizer=true", "learner.zero_stage=0"], "offload_optimizer needs"),
-        (["learner.gradient_checkpointing=true"], "shared_prompt_forward=false"),
+        (["learner.gradient_checkpointing=true", "learner.shared_prompt_forward=true"], "keep no KV cache"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: list[str], message: str) -> None:
@@ -89,3 +89,9 @@ def test_every_field_is_documented() -> None:
         return missing
 
     assert walk(JobConfig) == []
+
+
+def test_shared_prompt_forward_follows_gradient_checkpointing_unless_set() -> None:
+    assert load_config(None, []).learner.shares_prompts
+    assert not load_config(None, ["learner.gradient_checkpointing=true"]).learner.shares_prompts
+    assert not load_config(None, ["learner.shared_prompt_forward=false"]).learner.shares_prompts

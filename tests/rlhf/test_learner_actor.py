@@ -75,6 +75,25 @@ def test_one_and_two_learners_agree(ray_local, tiny_model_dir) -> None:
     assert s1.version == 1 and s1.tensors[b].abs().sum() > 0  # the update moved the experts
 
 
+def test_shared_prompt_forward_gives_the_same_update(ray_local, tiny_model_dir) -> None:
+    """learner.shared_prompt_forward on and off (2 prompts x 4 samples, micro-batches of 4, two epochs so pi_old is
+    scored too): the same reference log-probs, loss and new adapters under DeepSpeed."""
+    overrides = tiny_overrides(
+        tiny_model_dir, "learner.micro_batch_size=4", "learner.lr=0.05", "algorithm.ppo_epochs=2",
+        "algorithm.kl.coef=0.1",
+    )  # fmt: skip
+    batch = sample_batch(overrides)
+    flags = ("true", "false")
+    runs = [one_step(load_config(None, [*overrides, f"learner.shared_prompt_forward={f}"]), batch) for f in flags]
+    (m_on, b_on, s_on), (m_off, b_off, s_off) = runs
+    mask = b_on.response_mask.bool()
+    torch.testing.assert_close(b_on.ref_logprobs[mask], b_off.ref_logprobs[mask], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b_on.old_logprobs[mask], b_off.old_logprobs[mask], atol=1e-5, rtol=1e-4)
+    assert abs(m_on["loss"] - m_off["loss"]) < 1e-5 and m_on["loss"] != 0.0
+    b = first_lora_b(s_on)
+    torch.testing.assert_close(s_on.tensors[b], s_off.tensors[b], atol=1e-5, rtol=1e-4)
+
+
 def test_bf16_mixed_learner_tracks_fp32(ray_local, tiny_model_dir) -> None:
     """learner.dtype=bf16-mixed (bf16 autocast, fp32 weights): same loss and reference log-probs as fp32 within
     bf16 rounding, and it trains."""
