@@ -72,6 +72,12 @@ class RolloutConfig(FrozenConfig):
     sync_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="Precision of the expert tensors sent to rollouts each step (bf16 halves the bytes)."
     )
+    sync_delta: Literal["none", "int8", "int4"] = Field(
+        "none",
+        description="After the first complete sync, send the trained experts as quantised differences from what "
+        "the rollouts hold, with error feedback (rlhf/sync.py): int8 is half of bf16's bytes and stays closer to "
+        "the learner's weights than a bf16 copy; int4 a quarter, within 1/14 of one update.",
+    )
 
 
 class KLConfig(FrozenConfig):

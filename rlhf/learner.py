@@ -31,7 +31,9 @@ from rlhf.pole_anchor import PersonaData, PoleAnchor
 from rlhf.policy_loss import entropy_from_logits, policy_loss, value_loss
 from rlhf.prompts import PromptRecord
 from rlhf.router_losses import router_anchor_kl
-from rlhf.sync import AdapterState, snapshot
+from rlhf.sync import DELTA_BITS, AdapterState, SyncedAdapters, delta_snapshot, held_snapshot, snapshot
+
+ROLLOUT_COPY = "rollout_copy/"  # checkpoint keys of the experts the rollouts held (delta sync)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class Learner:
             self.anchor_router.to(self.device)
         self.version = 0
         self.published = False
+        self.synced = SyncedAdapters() if cfg.rollout.sync_delta != "none" else None  # the rollouts' copy
         self.rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self.kl_estimator = get_kl_estimator(cfg.algorithm.kl.estimator)
         self.mixed_bf16 = cfg.learner.dtype == "bf16-mixed"
@@ -314,15 +317,26 @@ class Learner:
 
     def publish(self) -> AdapterState:
         """The snapshot for the rollouts: complete the first time (they hold what they loaded, not what this
-        learner restored), then only what RL trains."""
-        state = self.adapter_state(trained_only=self.published)
+        learner restored), then only what RL trains, as quantised differences under ``rollout.sync_delta``."""
+        if self.published and self.synced is not None:
+            state = delta_snapshot(self.policy, self.version, self.synced, DELTA_BITS[self.cfg.rollout.sync_delta])
+        elif self.synced is not None and self.synced.version == self.version:  # resumed: what rollouts held
+            state = held_snapshot(self.policy, self.synced)
+        else:
+            state = self.adapter_state(trained_only=self.published)
+        if self.synced is not None:
+            self.synced.apply(state)  # now what the rollouts hold
         self.published = True
         return state
 
     def training_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """This rank's optimizer, scheduler, critic, RNG and version (see learner_state.py), for a checkpoint."""
         meta = {"version": self.version, "world_size": self.world_size, "rank": self.rank}
-        return learner_state.capture(self.optimizer, self.scheduler, self.critic, meta)
+        tensors, document = learner_state.capture(self.optimizer, self.scheduler, self.critic, meta)
+        if self.synced is not None and self.synced.version is not None:  # so a resume re-sends it exactly
+            tensors.update({f"{ROLLOUT_COPY}{name}": t for name, t in self.synced.experts.items()})
+            document["rollout_copy_version"] = self.synced.version
+        return tensors, document
 
     def load_training_state(self, policy_dir: str, tensors: dict[str, Tensor], document: dict[str, Any]) -> None:
         """Restores a checkpoint: adapters from ``policy_dir``, then this rank's saved training state."""
@@ -334,3 +348,10 @@ class Learner:
         load_policy_weights(self.policy, Path(policy_dir))
         learner_state.restore(self.optimizer, self.scheduler, self.critic, tensors, document)
         self.version = document["version"]
+        if self.synced is not None and "rollout_copy_version" in document:
+            self.synced.version = document["rollout_copy_version"]
+            self.synced.experts = {
+                name.removeprefix(ROLLOUT_COPY): t.clone()
+                for name, t in tensors.items()
+                if name.startswith(ROLLOUT_COPY)
+            }

@@ -16,7 +16,7 @@ from rlhf.batch import RolloutBatch
 from rlhf.build import build_policy, persona_config, tokenize_prompts
 from rlhf.config import JobConfig
 from rlhf.prompts import PromptRecord
-from rlhf.sync import AdapterState, StaleWeightsError, load_snapshot
+from rlhf.sync import AdapterState, StaleWeightsError, SyncedAdapters, load_snapshot
 
 
 def response_mask_until_eos(response_ids: Tensor, eos_token_id: int) -> Tensor:
@@ -90,6 +90,7 @@ class RolloutWorker:
         self.cfg = cfg
         self.version = 0
         self.complete = False  # has loaded a complete snapshot (after it, partial ones suffice)
+        self.synced = SyncedAdapters() if cfg.rollout.sync_delta != "none" else None  # decodes delta syncs
         if cfg.rollout.engine == "hf":
             device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray shows the actor only its own GPUs
             self.policy = build_policy(cfg).eval().to(device)
@@ -105,6 +106,8 @@ class RolloutWorker:
             raise StaleWeightsError(f"rollout has weights v{self.version}; refusing older v{state.version}")
         if not (state.complete or self.complete):
             raise ValueError("a partial adapter snapshot (trained tensors only) cannot be this rollout's first")
+        if self.synced is not None:
+            state = self.synced.apply(state)
         load_snapshot(self.policy, state)
         self.version = state.version
         self.complete = self.complete or state.complete

@@ -4,13 +4,20 @@ Only the LoRA experts and the router travel (through the Ray object store, so it
 base never moves. After a learner's first, complete snapshot, only what RL trains travels: with
 ``policy.train_lora_a: false`` (LoRA-FA) the experts' A matrices stay where the run started, and each sync carries
 the B matrices and the router (about half the bytes).
+
+With ``rollout.sync_delta`` set (int8 or int4), each sync after the first carries the trained experts as a
+quantised difference from what the rollouts already hold, with error feedback: learner and rollouts both keep
+``SyncedAdapters``, the same fp32 copy rebuilt from the same bytes, and the learner encodes the next difference
+against it. The rounding error of one sync is corrected by the next, so the rollouts' copy stays within half a
+quantisation step of the learner's weights (at most max|delta| / 254 per group of 128 for int8) and never drifts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from policies.policy import PersonaFusePolicy
@@ -20,15 +27,68 @@ class StaleWeightsError(RuntimeError):
     """A rollout was asked to use, or to load, weights older than the ones it has."""
 
 
+DELTA_BITS = {"int8": 8, "int4": 4}  # rollout.sync_delta -> bits per value
+DELTA_GROUP = 128  # elements per quantisation scale: 4 bytes of scale per 128 values (3% on int8)
+
+
+@dataclass(frozen=True)
+class QuantizedDelta:
+    """A tensor difference in groups of ``DELTA_GROUP`` consecutive elements, each group as signed integers times
+    one fp32 scale: int8 in [-127, 127], or int4 in [-7, 7] packed two per byte."""
+
+    codes: Tensor  # int8 (groups, 128), or uint8 (groups, 64) holding two int4 codes each
+    scales: Tensor  # fp32 (groups,)
+    shape: tuple[int, ...]
+    bits: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.numel() * self.codes.element_size() + self.scales.numel() * self.scales.element_size()
+
+    def decode(self) -> Tensor:
+        """codes * scale, fp32, in the original shape."""
+        codes = self.codes.to(torch.int16)
+        if self.bits == 4:  # low nibble first; stored with +8 so both nibbles are unsigned
+            codes = torch.stack((codes & 0xF, codes >> 4), dim=-1).flatten(-2) - 8
+        values = codes.float() * self.scales[:, None]
+        return values.flatten()[: _numel(self.shape)].view(self.shape)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return int(torch.Size(shape).numel())
+
+
+def quantize_delta(delta: Tensor, bits: int, name: str = "delta") -> QuantizedDelta:
+    """Symmetric per-group quantisation: scale_g = max_i |d_gi| / L with L = 2^(bits-1) - 1 (127 or 7), and
+    q_gi = round(d_gi / scale_g), so |q_gi * scale_g - d_gi| <= scale_g / 2. A non-finite difference (the learner's
+    weights went NaN or inf) is an error naming the tensor, never a silently zeroed group."""
+    if bits not in (4, 8):
+        raise ValueError(f"delta bits must be 4 or 8, not {bits}")
+    flat = delta.detach().float().flatten()
+    if not torch.isfinite(flat).all():
+        raise ValueError(f"adapter sync: {name} is not finite (NaN or inf in the learner's weights)")
+    groups = F.pad(flat, (0, (-flat.numel()) % DELTA_GROUP)).view(-1, DELTA_GROUP)
+    levels = 2 ** (bits - 1) - 1
+    scales = groups.abs().amax(dim=1) / levels
+    codes = torch.round(groups / torch.where(scales > 0, scales, 1.0)[:, None]).clamp_(-levels, levels)
+    if bits == 8:
+        return QuantizedDelta(codes.to(torch.int8), scales, tuple(delta.shape), bits)
+    nibbles = (codes + 8).to(torch.uint8).view(len(groups), -1, 2)
+    return QuantizedDelta(nibbles[..., 0] | (nibbles[..., 1] << 4), scales, tuple(delta.shape), bits)
+
+
 @dataclass(frozen=True)
 class AdapterState:
     version: int  # learner optimizer steps taken when the snapshot was made
     tensors: dict[str, Tensor]  # "<mixture layer>.lora_A" (E, r, d_in), ".lora_B" (E, d_out, r), "router.<key>"
     complete: bool  # every adapter tensor, not only the trained ones
+    deltas: dict[str, QuantizedDelta] = field(default_factory=dict)  # expert tensors sent as differences
+    base_version: int | None = None  # the version the deltas apply to
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        full = sum(t.numel() * t.element_size() for t in self.tensors.values())
+        return full + sum(d.nbytes for d in self.deltas.values())
 
 
 def adapter_tensors(policy: PersonaFusePolicy) -> dict[str, Tensor]:
@@ -57,10 +117,68 @@ def snapshot(
     return AdapterState(version, tensors, complete=not trained_only)
 
 
+class SyncedAdapters:
+    """The expert tensors the rollouts hold (fp32), rebuilt from the syncs they received. The learner keeps one to
+    encode each difference against; every rollout keeps one to decode into. Both apply the same fp32 arithmetic to
+    the same bytes, so they agree bit for bit."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.experts: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def apply(self, state: AdapterState) -> AdapterState:
+        """Takes in one sync and returns it with every delta resolved into the full tensor (for load_snapshot).
+        A delta must apply to exactly the version held: one missed or reordered sync would corrupt the copy."""
+        if state.deltas and state.base_version != self.version:
+            raise StaleWeightsError(
+                f"adapter sync: deltas from v{state.base_version}, but this copy holds v{self.version}"
+            )
+        if state.complete:
+            self.experts = {}
+        for name, tensor in state.tensors.items():
+            if ".lora_" in name:
+                self.experts[name] = tensor.float().clone()
+        for name, delta in state.deltas.items():
+            if name not in self.experts:
+                raise ValueError(f"adapter sync: a delta for {name}, which no earlier sync carried")
+            self.experts[name] += delta.decode()
+        self.version = state.version
+        resolved = {name: self.experts[name] for name in state.deltas}
+        return AdapterState(state.version, {**state.tensors, **resolved}, state.complete)
+
+
+def held_snapshot(policy: PersonaFusePolicy, synced: SyncedAdapters) -> AdapterState:
+    """A complete snapshot of what the rollouts held (``synced``'s experts in fp32, the policy's router, which
+    always travels whole): a resumed run re-sends it so its rollouts sample as the uninterrupted run's did."""
+    tensors = {}
+    for name, tensor in adapter_tensors(policy).items():
+        held = synced.experts[name] if ".lora_" in name else tensor.detach().to("cpu")
+        tensors[name] = held.clone()
+    return AdapterState(synced.version, tensors, complete=True)
+
+
+@torch.no_grad()
+def delta_snapshot(policy: PersonaFusePolicy, version: int, synced: SyncedAdapters, bits: int) -> AdapterState:
+    """The trained tensors for a rollout holding ``synced``: each expert tensor as a quantised difference from
+    its copy there (error feedback: what one sync rounds away, the next sends), the router as it is."""
+    tensors, deltas = {}, {}
+    for name, tensor in adapter_tensors(policy).items():
+        if not tensor.requires_grad:
+            continue
+        if ".lora_" in name:
+            deltas[name] = quantize_delta(tensor.detach().to("cpu", torch.float32) - synced.experts[name], bits, name)
+        else:
+            tensors[name] = tensor.detach().to("cpu").clone()
+    return AdapterState(version, tensors, complete=False, deltas=deltas, base_version=synced.version)
+
+
 @torch.no_grad()
 def load_snapshot(policy: PersonaFusePolicy, state: AdapterState) -> None:
     """Copies a snapshot into a policy with the same architecture. A complete snapshot must name every adapter
     tensor; a partial one only ones the policy has."""
+    if state.deltas:
+        raise ValueError("adapter snapshot carries deltas: resolve them with SyncedAdapters.apply first")
     own = adapter_tensors(policy)
     unknown = sorted(set(state.tensors) - set(own))
     missing = sorted(set(own) - set(state.tensors)) if state.complete else []

@@ -13,7 +13,7 @@ from rlhf.config import load_config
 from rlhf.placement import create_actors, release
 from rlhf.prompts import load_prompts
 from rlhf.rollout import RolloutWorker
-from rlhf.sync import snapshot
+from rlhf.sync import SyncedAdapters, snapshot
 from tests.conftest import randomize_experts
 
 
@@ -200,6 +200,43 @@ def test_lora_fa_trains_b_only_and_syncs_b_only(ray_local, tiny_model_dir) -> No
     assert version == 1 and all(torch.equal(start.tensors[n], end.tensors[n]) for n in a_names)
     assert end.tensors[first_lora_b(end)].abs().sum() > 0  # B started at zero and moved
     assert partial_bytes == complete_bytes - sum(start.tensors[n].nbytes for n in a_names)
+
+
+def test_int8_delta_sync_through_learner_and_rollout_actors(ray_local, tiny_model_dir) -> None:
+    """rollout.sync_delta=int8: the first sync is complete, the next carries the trained experts as int8
+    differences (about a quarter of their fp32 bytes) that a rollout actor takes in, and the copy they rebuild is
+    within half a quantisation step of the learner's updated weights."""
+    overrides = tiny_overrides(
+        tiny_model_dir, "learner.micro_batch_size=8", "learner.lr=0.05", "rollout.sync_delta=int8"
+    )
+    batch = sample_batch(overrides)
+    cfg = load_config(None, overrides)
+    actors = create_actors(cfg)
+    states = []
+    for update in (False, True):
+        if update:
+            b = batch.select(slice(None))
+            stages.score(actors, b)
+            stages.compute_advantages(b, cfg.algorithm)
+            stages.update(actors, b, cfg)
+        state_ref, _ = actors.learners[0].publish_adapters.remote()
+        ray.get([actor.set_weights.remote(state_ref) for actor in actors.rollouts])  # the rollout decodes it
+        states.append(ray.get(state_ref))
+    end = ray.get(actors.learners[0].adapter_state.remote())
+    release(actors)
+    first, second = states
+    assert first.complete and not first.deltas and second.base_version == 0 and second.version == 1
+    experts = [name for name in first.tensors if ".lora_" in name]
+    assert sorted(second.deltas) == sorted(experts) and all(".lora_" not in name for name in second.tensors)
+    expert_bytes = sum(first.tensors[n].nbytes for n in experts)
+    assert sum(second.deltas[n].nbytes for n in experts) < expert_bytes * 0.3
+    copy = SyncedAdapters()
+    copy.apply(first)
+    copy.apply(second)
+    name = first_lora_b(end)
+    assert end.tensors[name].abs().sum() > 0  # B moved
+    error = (copy.experts[name] - end.tensors[name]).abs().max().item()
+    assert error <= second.deltas[name].scales.max().item() / 2 * (1 + 1e-5)
 
 
 def test_optimizer_offload_matches_no_offload(ray_local, tiny_model_dir) -> None:
