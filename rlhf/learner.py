@@ -172,10 +172,17 @@ class Learner:
             )
         return mb.situation_features
 
-    def micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
-        """``micro_batch_size`` rows at a time in order, each without its all-padding columns."""
+    def micro_batches(self, batch: RolloutBatch, minibatches: int = 1) -> list[RolloutBatch]:
+        """``micro_batch_size`` rows at a time in order within each of ``minibatches`` contiguous shards, each
+        without its all-padding columns. The score pass splits a shard as the update splits its minibatches, so
+        the first optimizer step's micro-batches are exactly the ones pi_old came from (ratio 1, not bf16 noise
+        from a different padding width or prompt grouping)."""
         size = self.cfg.learner.micro_batch_size
-        return [batch.select(slice(i, i + size)).trimmed() for i in range(0, len(batch), size)]
+        return [
+            part.select(slice(i, i + size)).trimmed()
+            for part in batch.shards(minibatches)
+            for i in range(0, len(part), size)
+        ]
 
     @torch.no_grad()
     def score(self, batch: RolloutBatch) -> dict[str, Tensor]:
@@ -185,7 +192,7 @@ class Learner:
         temperature = self.cfg.rollout.temperature
         batch = batch.to(self.device)
         columns: dict[str, list[Tensor]] = {"old_logprobs": [], "ref_logprobs": [], "values": []}
-        for mb in self.micro_batches(batch):
+        for mb in self.micro_batches(batch, self.cfg.algorithm.minibatches):
             groups = self.prompt_groups(mb)
             if self.cfg.algorithm.needs_old_logprobs:
                 weights = replay_selection(self.policy.router(self.features(mb)).probs, mb.routing_weights)
