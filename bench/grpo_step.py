@@ -119,7 +119,13 @@ def _ours_precision() -> dict[str, str]:
     from rlhf.config import load_config
 
     cfg = load_config(CONFIG, [])
-    return {"learner": cfg.learner.dtype, "rollout": cfg.rollout.dtype, "sync": cfg.rollout.sync_dtype}
+    rollout = cfg.rollout
+    return {
+        "learner": cfg.learner.dtype,
+        "rollout": rollout.dtype,
+        "sync": rollout.sync_dtype,
+        "sync_delta": rollout.sync_delta,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------ TRL

@@ -75,8 +75,8 @@ class RolloutConfig(FrozenConfig):
     sync_delta: Literal["none", "int8", "int4"] = Field(
         "none",
         description="After the first complete sync, send the trained experts as quantised differences from what "
-        "the rollouts hold, with error feedback (rlhf/sync.py): int8 is half of bf16's bytes and stays closer to "
-        "the learner's weights than a bf16 copy; int4 a quarter, within 1/14 of one update.",
+        "the rollouts hold, with error feedback (rlhf/sync.py): int8 is half of bf16's bytes and its fp32 copy "
+        "stays closer to the learner's weights than a bf16 copy; int4 a quarter, lossier than bf16.",
     )
 
 

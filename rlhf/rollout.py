@@ -106,9 +106,10 @@ class RolloutWorker:
             raise StaleWeightsError(f"rollout has weights v{self.version}; refusing older v{state.version}")
         if not (state.complete or self.complete):
             raise ValueError("a partial adapter snapshot (trained tensors only) cannot be this rollout's first")
+        resolved = state if self.synced is None else self.synced.resolve(state)
+        load_snapshot(self.policy, resolved)  # checks names and shapes; a failed load leaves the copy as it was
         if self.synced is not None:
-            state = self.synced.apply(state)
-        load_snapshot(self.policy, state)
+            self.synced.commit(resolved)
         self.version = state.version
         self.complete = self.complete or state.complete
 

@@ -8,8 +8,9 @@ the B matrices and the router (about half the bytes).
 With ``rollout.sync_delta`` set (int8 or int4), each sync after the first carries the trained experts as a
 quantised difference from what the rollouts already hold, with error feedback: learner and rollouts both keep
 ``SyncedAdapters``, the same fp32 copy rebuilt from the same bytes, and the learner encodes the next difference
-against it. The rounding error of one sync is corrected by the next, so the rollouts' copy stays within half a
-quantisation step of the learner's weights (at most max|delta| / 254 per group of 128 for int8) and never drifts.
+against it. The rounding error of one sync is part of the next difference, so after each sync the rollouts' fp32
+copy is within half a quantisation step of the learner's weights (max|difference sent| / 254 per group of 128 for
+int8, / 14 for int4) and the error never accumulates. (An engine that computes in bf16 rounds that copy again.)
 """
 
 from __future__ import annotations
@@ -127,25 +128,38 @@ class SyncedAdapters:
         self.experts: dict[str, Tensor] = {}
 
     @torch.no_grad()
-    def apply(self, state: AdapterState) -> AdapterState:
-        """Takes in one sync and returns it with every delta resolved into the full tensor (for load_snapshot).
-        A delta must apply to exactly the version held: one missed or reordered sync would corrupt the copy."""
+    def resolve(self, state: AdapterState) -> AdapterState:
+        """The sync with every delta resolved into its full tensor (new tensors; this copy is left as it was, so a
+        sync that fails to load changes nothing). A delta must apply to exactly the version held: one missed or
+        reordered sync would corrupt the copy."""
         if state.deltas and state.base_version != self.version:
             raise StaleWeightsError(
                 f"adapter sync: deltas from v{state.base_version}, but this copy holds v{self.version}"
             )
-        if state.complete:
-            self.experts = {}
-        for name, tensor in state.tensors.items():
-            if ".lora_" in name:
-                self.experts[name] = tensor.float().clone()
+        resolved = {}
         for name, delta in state.deltas.items():
-            if name not in self.experts:
+            held = self.experts.get(name)
+            if held is None:
                 raise ValueError(f"adapter sync: a delta for {name}, which no earlier sync carried")
-            self.experts[name] += delta.decode()
-        self.version = state.version
-        resolved = {name: self.experts[name] for name in state.deltas}
+            if tuple(held.shape) != delta.shape:
+                raise ValueError(f"adapter sync: {name} delta has shape {delta.shape}, the copy {tuple(held.shape)}")
+            resolved[name] = held + delta.decode()
         return AdapterState(state.version, {**state.tensors, **resolved}, state.complete)
+
+    def commit(self, resolved: AdapterState) -> None:
+        """Makes a resolved sync (``resolve``'s result, loaded) what this copy holds."""
+        if resolved.complete:
+            self.experts = {}
+        for name, tensor in resolved.tensors.items():
+            if ".lora_" in name:
+                self.experts[name] = tensor.to(torch.float32, copy=True)
+        self.version = resolved.version
+
+    def apply(self, state: AdapterState) -> AdapterState:
+        """``resolve`` then ``commit``: takes in one sync, returns it resolved."""
+        resolved = self.resolve(state)
+        self.commit(resolved)
+        return resolved
 
 
 def held_snapshot(policy: PersonaFusePolicy, synced: SyncedAdapters) -> AdapterState:
@@ -187,10 +201,11 @@ def load_snapshot(policy: PersonaFusePolicy, state: AdapterState) -> None:
             f"adapter snapshot does not fit this policy (unknown {unknown[:3]}, missing {missing[:3]}); "
             "same policy config on learners and rollouts?"
         )
-    for name, tensor in state.tensors.items():
+    for name, tensor in state.tensors.items():  # every check before any copy: a refused snapshot changes nothing
         if tensor.shape != own[name].shape:
             raise ValueError(
                 f"adapter snapshot: {name} has shape {tuple(tensor.shape)}, the policy's is "
                 f"{tuple(own[name].shape)}; same policy config on learners and rollouts?"
             )
+    for name, tensor in state.tensors.items():
         own[name].copy_(tensor)

@@ -184,7 +184,11 @@ def test_a_delta_for_another_version_is_refused(tiny_policy) -> None:
         load_snapshot(tiny_policy, second)
     with pytest.raises(ValueError, match="no earlier sync carried"):
         SyncedAdapters().apply(AdapterState(1, {}, False, deltas=second.deltas, base_version=None))
-    rollout.apply(second)
+    first_copy = {name: t.clone() for name, t in rollout.experts.items()}
+    resolved = rollout.resolve(second)  # resolving alone changes nothing: a sync that fails to load can be retried
+    assert rollout.version == 0 and all(torch.equal(t, rollout.experts[n]) for n, t in first_copy.items())
+    assert torch.equal(rollout.resolve(second).tensors[name := next(iter(second.deltas))], resolved.tensors[name])
+    rollout.commit(resolved)
     rollout.apply(third)
     assert rollout.version == 2
 
