@@ -19,13 +19,13 @@ from pathlib import Path
 
 from policies.persona_synthesis import SynthesisConfig
 from rlhf.config import load_config
-from rlhf.pipeline import PipelineConfig, stage_configs, synthesize_in_subprocess
+from rlhf.pipeline import PipelineConfig, stage_configs, stage_in_subprocess
 
 
 def run_engine(base: SynthesisConfig, engine: str, root: Path) -> dict[str, float]:
     cfg = base.model_copy(update={"engine": engine, "output_dir": str(root / engine / "persona_data")})
     start = time.perf_counter()
-    synthesize_in_subprocess(SynthesisConfig.model_validate(cfg.model_dump()))
+    stage_in_subprocess("persona_data", SynthesisConfig.model_validate(cfg.model_dump()))
     wall = time.perf_counter() - start
     out = Path(cfg.output_dir)
     manifest = json.loads((out / "manifest.json").read_text())

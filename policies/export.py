@@ -37,10 +37,11 @@ class LoRAAdapter:
     config: LoraConfig
     tensors: dict[str, Tensor]
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """A PEFT adapter folder; ``dtype`` casts the tensors (e.g. to the bf16 a serving engine computes in)."""
         with atomic_dir(path) as tmp:
             self.config.save_pretrained(str(tmp))
-            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp / ADAPTER_WEIGHTS))
+            save_file({k: v.to(dtype).contiguous() for k, v in self.tensors.items()}, str(tmp / ADAPTER_WEIGHTS))
 
 
 def peft_key(module_path: str, matrix: str) -> str:

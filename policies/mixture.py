@@ -119,10 +119,11 @@ class LoRAMixtureLinear(nn.Module):
         self.scaling = scaling
         self.slot = slot
         dtype, device = base.weight.dtype, base.weight.device
-        self.lora_A = nn.Parameter(torch.empty(num_experts, rank, base.in_features, dtype=dtype, device=device))
-        self.lora_B = nn.Parameter(torch.zeros(num_experts, base.out_features, rank, dtype=dtype, device=device))
-        for a in self.lora_A.data:  # the same init as nn.Linear and PEFT's LoRA A
+        init = torch.empty(num_experts, rank, base.in_features, device=device)  # fp32: the same draws in any dtype
+        for a in init:  # the same init as nn.Linear and PEFT's LoRA A
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.lora_A = nn.Parameter(init.to(dtype))
+        self.lora_B = nn.Parameter(torch.zeros(num_experts, base.out_features, rank, dtype=dtype, device=device))
         self._b_cache: tuple[tuple[int, int], Tensor] | None = None
 
     def _b_stacked_for_inference(self) -> Tensor | None:

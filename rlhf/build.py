@@ -33,12 +33,14 @@ def persona_config(cfg: JobConfig) -> PersonaConfig:
     )
 
 
-def build_policy(cfg: JobConfig) -> PersonaFusePolicy:
-    """A fresh policy (seeded) or the one saved at policy.init_from, on the configured base."""
+def build_policy(cfg: JobConfig, dtype: torch.dtype = torch.float32) -> PersonaFusePolicy:
+    """A fresh policy (seeded) or the one saved at policy.init_from, on the configured base, loaded in ``dtype``
+    (bf16 for a bf16 learner: DeepSpeed would cast it anyway, and a 7B model's fp32 copy per rank is 30 GB of host
+    memory)."""
     if cfg.policy.init_from:
-        return PersonaFusePolicy.from_pretrained(cfg.policy.init_from, base_model=base_model_dir(cfg))
+        return PersonaFusePolicy.from_pretrained(cfg.policy.init_from, base_model=base_model_dir(cfg), dtype=dtype)
     torch.manual_seed(cfg.run.seed)  # every rank builds the same initial router and experts
-    return PersonaFusePolicy.from_base(persona_config(cfg))
+    return PersonaFusePolicy.from_base(persona_config(cfg), dtype)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ def deepspeed_config(cfg: JobConfig, grad_accum: int) -> dict:
         "gradient_clipping": lc.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": lc.dtype == "bf16"},
+        "communication_data_type": "fp32",  # gradients averaged over ranks in fp32, also when the weights are bf16
         "zero_allow_untested_optimizer": True,  # torch AdamW: param groups give the router its own lr
         "steps_per_print": 10**9,
     }
@@ -80,11 +81,11 @@ class Learner:
 
         self.cfg = cfg
         self.world_size = world_size
-        self.policy = build_policy(cfg)
+        self.policy = build_policy(cfg, torch.bfloat16 if cfg.learner.dtype == "bf16" else torch.float32)
         # The router the run starts from (before any checkpoint is restored), frozen: the anchor's reference.
         self.anchor_router = None
         if cfg.algorithm.router_anchor_coef > 0 and cfg.policy.train_router:
-            self.anchor_router = copy.deepcopy(self.policy.router).requires_grad_(False).eval()
+            self.anchor_router = copy.deepcopy(self.policy.router).float().requires_grad_(False).eval()
         self.policy.set_trainable(
             router=cfg.policy.train_router, experts=cfg.policy.train_experts, lora_a=cfg.policy.train_lora_a
         )

