@@ -79,6 +79,18 @@ class RolloutConfig(FrozenConfig):
         "stays closer to the learner's weights than a bf16 copy; int4 a quarter, lossier than bf16.",
     )
 
+    @model_validator(mode="after")
+    def _gpu_share_fits(self) -> RolloutConfig:
+        # vLLM takes its fraction of the whole card at start-up; on a shared card (a fraction of a GPU per actor)
+        # a larger fraction would take the memory of whatever else Ray put on that card.
+        if 0 < self.gpus_per_actor < 1 and self.vllm_gpu_memory_utilization > self.gpus_per_actor:
+            raise ValueError(
+                f"rollout.vllm_gpu_memory_utilization ({self.vllm_gpu_memory_utilization}) is more than the GPU share "
+                f"rollout.gpus_per_actor ({self.gpus_per_actor}) gives each rollout actor; lower it to at most "
+                f"{self.gpus_per_actor}"
+            )
+        return self
+
 
 class KLConfig(FrozenConfig):
     estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator to the frozen base (Schulman).")
