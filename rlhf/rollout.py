@@ -73,8 +73,15 @@ class HFEngine:
                 return_dict_in_generate=True,
             )
         response_ids = out.sequences[:, ids.shape[1] :]  # (N*G, T)
-        logits = torch.stack(out.logits, dim=1).float() / self.cfg.temperature  # (N*G, T, V) raw, then scaled
-        logprobs = token_logprobs(logits, response_ids)
+        # One step at a time: stacking the (N*G, V) logits of every step in fp32 would hold a second, larger copy of
+        # what generate already keeps (tens of GB for a 7B vocabulary at the GPU presets' batch).
+        logprobs = torch.stack(
+            [
+                token_logprobs(step[:, None].float() / self.cfg.temperature, response_ids[:, t, None])[:, 0]
+                for t, step in enumerate(out.logits)
+            ],
+            dim=1,
+        )  # (N*G, T)
         response_mask = response_mask_until_eos(response_ids, tok.eos_token_id)
         return response_ids.cpu(), response_mask.cpu(), (logprobs * response_mask).cpu()
 
