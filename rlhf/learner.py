@@ -232,25 +232,28 @@ class Learner:
             f"lr/{name}": group["lr"] for name, group in zip(self.group_names, self.optimizer.param_groups, strict=True)
         }
         minibatches = shard.to(self.device).shards(algo.minibatches)
-        losses: list[float] = []
-        sums: dict[str, float] = {}
+        losses: list[Tensor] = []
+        sums: dict[str, Tensor] = {}
         seen: dict[str, int] = {}  # micro-steps that reported each metric (pole_anchor/*: one per optimizer step)
         # Each rank takes its own blocks, numbered by optimizer steps so far, so a resumed run sees the same pairs.
         self.anchor_index = self.version * algo.ppo_epochs * algo.minibatches * self.world_size + self.rank
         for _ in range(algo.ppo_epochs):
             for minibatch, count in zip(minibatches, counts, strict=True):
-                losses.append(0.0)
+                minibatch_loss = []
                 for mb in self.micro_batches(minibatch):
                     metrics = self._micro_step(mb, count, len(minibatch))
-                    losses[-1] += metrics.pop("loss")
+                    minibatch_loss.append(metrics.pop("loss"))
                     for key, value in metrics.items():
-                        sums[key] = sums.get(key, 0.0) + value
+                        sums[key] = sums[key] + value if key in sums else value
                         seen[key] = seen.get(key, 0) + 1
+                losses.append(torch.stack(minibatch_loss).sum())
         self.version += 1
-        means = {k: v / seen[k] for k, v in sums.items()}
-        return {"loss": sum(losses) / len(losses), **means, **lr}
+        keys = list(sums)
+        # The metrics stay on the device until here: one host sync per update, not one per metric per micro-step.
+        values = torch.stack([torch.stack(losses).mean(), *(sums[k] / seen[k] for k in keys)]).tolist()
+        return {"loss": values[0], **dict(zip(keys, values[1:], strict=True)), **lr}
 
-    def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, float]:
+    def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, Tensor]:
         algo, mask = self.cfg.algorithm, mb.response_mask
         features = self.features(mb)  # read at routing time: the frozen base gives the same now
         routed = self.policy.router(features)
@@ -273,15 +276,15 @@ class Learner:
             entropy = entropy_from_logits(logits)  # (b, T)
         if algo.entropy_coef > 0:
             per_token = per_token - algo.entropy_coef * entropy
-        critic_metrics: dict[str, float] = {}
+        critic_metrics: dict[str, Tensor] = {}
         if self.critic is not None:
             values = self.critic(hidden.float())  # (b, T)
             value_per_token, vf = value_loss(values, mb.values, mb.returns, mask, algo.value_clip)
             per_token = per_token + algo.vf_coef * value_per_token
             critic_metrics = {
-                "critic/value_loss": masked_mean(value_per_token, mask).item(),
-                "critic/vf_error": vf["critic/vf_error"].item(),
-                "critic/vf_clip_frac": vf["critic/vf_clip_frac"].item(),
+                "critic/value_loss": masked_mean(value_per_token, mask),
+                "critic/vf_error": vf["critic/vf_error"],
+                "critic/vf_clip_frac": vf["critic/vf_clip_frac"],
             }
         loss = aggregate(
             per_token, mask, algo.loss_agg, global_tokens=count.tokens, global_seqs=count.seqs,
@@ -298,17 +301,18 @@ class Learner:
         total = loss if anchor is None else loss + algo.pole_anchor.coef * anchor
         self.engine.backward(total * self.grad_accum)  # DeepSpeed divides by grad_accum; the counts already did
         self.engine.step()
-        return {
-            "loss": loss.item(),
-            "kl": masked_mean(kl, mask).item(),
-            "entropy": masked_mean(entropy, mask).item(),
-            "clip_frac": metrics["actor/clip_frac"].item(),
-            "router/aux_loss": routed.aux_loss.item(),
-            "router/replayed_selection": replayed.item(),  # rows whose own top-k differed from the rollout's
-            **({"router/anchor_kl": anchor_kl.item()} if anchor_kl is not None else {}),
-            **({"pole_anchor/loss": anchor.item()} if anchor is not None else {}),
+        reported = {
+            "loss": loss,
+            "kl": masked_mean(kl, mask),
+            "entropy": masked_mean(entropy, mask),
+            "clip_frac": metrics["actor/clip_frac"],
+            "router/aux_loss": routed.aux_loss,
+            "router/replayed_selection": replayed,  # rows whose own top-k differed from the rollout's
+            **({"router/anchor_kl": anchor_kl} if anchor_kl is not None else {}),
+            **({"pole_anchor/loss": anchor} if anchor is not None else {}),
             **critic_metrics,
         }
+        return {key: value.detach().float() for key, value in reported.items()}  # 0-dim, on the device
 
     def _pole_anchor_loss(self) -> Tensor | None:
         """Once per optimizer step (on its last micro-batch): the pole contrast on this rank's next block of pairs."""
