@@ -134,10 +134,10 @@ class DenseLoRA:
         delta = ((x a^T) * mask) b,   a: (L*S*r, d_in) = scale * A_{l,s} stacked,
                                       b: (L*S*r, sum_s o_s), block (l, s) holding B_{l,s}^T at slice s's columns,
 
-    with mask (N, L*S*r) keeping each row's own slot. Four ops for the layer where the per-slice path takes about
-    eight per slice; the extra FLOPs (every slot, zero blocks) are tiny at decode sizes. Built once per set of loaded
-    adapters: vLLM only writes a slot's weights when it activates a new adapter id there, and that changes the
-    slot -> id list it passes to ``update_metadata`` (``install()`` records it as the cache key); ids are never
+    with mask (N, L) keeping each row's own slot's block of h. Four ops for the layer where the per-slice path takes
+    about eight per slice; the extra FLOPs (every slot, zero blocks) are tiny at decode sizes. Built once per set of
+    loaded adapters: vLLM only writes a slot's weights when it activates a new adapter id there, and that changes
+    the slot -> id list it passes to ``update_metadata`` (``install()`` records it as the cache key); ids are never
     reused here (rollout_vllm.py gives every weight version fresh ones)."""
 
     a: Tensor
