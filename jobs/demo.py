@@ -46,8 +46,9 @@ def start_head(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
 
 def submit(address: str, job_args: list[str], env: dict[str, str], head: subprocess.Popen) -> None:
     """`ray job submit --no-wait`, then follow the job's log here and check its final status. The submission is
-    retried while the head is still starting (its dashboard may answer before its job agent is up: "No available
-    agent"); no job exists until a submission succeeds, so a retry never runs the job twice."""
+    retried while the head is still starting: its dashboard may refuse or drop the connection, or answer before its
+    job agent is up ("No available agent"). The submission id is fixed, so a retry never runs the job twice: if a
+    dropped request did create the job, the retry is told it exists, and that counts as submitted."""
     ray = str(Path(sys.executable).parent / "ray")
     job_id = f"personafuse-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     cmd = [
@@ -56,15 +57,16 @@ def submit(address: str, job_args: list[str], env: dict[str, str], head: subproc
         "jobs/grpo.py", *job_args,
     ]  # fmt: skip
     print("$ RAY_AUTH_MODE=disabled ray " + " ".join(cmd[1:]), flush=True)
-    for _ in range(90):
+    starting = ("No available agent", "Failed to connect", "Connection aborted", "Connection refused")
+    for attempt in range(90):
         if head.poll() is not None:
             raise RuntimeError("the Ray head exited before the job was submitted")
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        if done.returncode == 0:
+        said = done.stdout + done.stderr
+        if done.returncode == 0 or (attempt > 0 and f"submission_id {job_id} already exists" in said):
             break
-        starting = "No available agent" in done.stderr + done.stdout or "Failed to connect" in done.stderr + done.stdout
-        if not starting:
-            raise RuntimeError(f"ray job submit failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+        if not any(marker in said for marker in starting):
+            raise RuntimeError(f"ray job submit failed (exit {done.returncode}):\n{said}")
         time.sleep(2)
     else:
         raise RuntimeError(f"the Ray head at {address} did not take the job within 180 s")
