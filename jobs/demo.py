@@ -19,6 +19,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_PROMPT = "I didn't get the job I interviewed for, and I feel like I'm never going to be good enough."
+HEAD_STARTS = 2  # a head whose ports were taken while it started (see start_head) is replaced once, on fresh ports
+
+
+class HeadNotReady(RuntimeError):
+    """The head exited, or never took the job, before any job was submitted to it."""
 
 
 def free_ports(count: int) -> list[int]:
@@ -60,7 +65,7 @@ def submit(address: str, job_args: list[str], env: dict[str, str], head: subproc
     starting = ("No available agent", "Failed to connect", "Connection aborted", "Connection refused")
     for attempt in range(90):
         if head.poll() is not None:
-            raise RuntimeError("the Ray head exited before the job was submitted")
+            raise HeadNotReady("the Ray head exited before the job was submitted")
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         said = done.stdout + done.stderr
         if done.returncode == 0 or (attempt > 0 and f"submission_id {job_id} already exists" in said):
@@ -69,14 +74,28 @@ def submit(address: str, job_args: list[str], env: dict[str, str], head: subproc
             raise RuntimeError(f"ray job submit failed (exit {done.returncode}):\n{said}")
         time.sleep(2)
     else:
-        raise RuntimeError(f"the Ray head at {address} did not take the job within 180 s")
+        raise HeadNotReady(f"the Ray head at {address} did not take the job within 180 s")
     subprocess.run([ray, "job", "logs", "--follow", f"--address={address}", job_id], env=env)
-    status = subprocess.run(
-        [ray, "job", "status", f"--address={address}", job_id], env=env, capture_output=True, text=True
-    )
-    if f"job '{job_id}' succeeded" not in (status.stdout + status.stderr).lower():
-        raise RuntimeError(f"the GRPO job {job_id} did not succeed:\n{status.stdout}{status.stderr}")
+    said = wait_for_job(ray, address, job_id, env)
+    if f"job '{job_id}' succeeded" not in said:
+        raise RuntimeError(f"the GRPO job {job_id} did not succeed:\n{said}")
     print(f"job {job_id} succeeded", flush=True)
+
+
+def wait_for_job(ray: str, address: str, job_id: str, env: dict[str, str], timeout_s: float = 3600) -> str:
+    """``ray job status`` until the job has ended; returns what it said, lower-cased. Polled, because the log
+    stream above can end early (a dropped connection) and one status call can fail the same way."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = subprocess.run(
+            [ray, "job", "status", f"--address={address}", job_id], env=env, capture_output=True, text=True
+        )
+        said = (done.stdout + done.stderr).lower()
+        if any(f"job '{job_id}' {end}" in said for end in ("succeeded", "failed", "was stopped")):
+            return said
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the GRPO job {job_id} had not ended after {timeout_s:.0f} s:\n{said}")
+        time.sleep(5)
 
 
 def show_results(cfg, run_dir: Path) -> None:
@@ -123,12 +142,18 @@ def main() -> int:
     overrides = [*overrides, f"run.output_dir={run_dir.parent}"]  # the job runs in Ray's copy of the repo
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # loopback-only head; the same mode for start and submit
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # Ray's workers use this venv
-    head, address = start_head(env)
-    try:
-        submit(address, ["--config", args.config, *overrides], env, head)
-    finally:
-        head.terminate()
-        head.wait(timeout=120)
+    for attempt in range(1, HEAD_STARTS + 1):
+        head, address = start_head(env)
+        try:
+            submit(address, ["--config", args.config, *overrides], env, head)
+            break
+        except HeadNotReady as exc:
+            if attempt == HEAD_STARTS:
+                raise
+            print(f"{exc}; starting a new head on fresh ports", flush=True)
+        finally:
+            head.terminate()
+            head.wait(timeout=120)
     show_results(cfg, run_dir)
     return 0
 

@@ -280,14 +280,14 @@ def optimizer_step(cfg: AdapterSFTConfig, policy: PersonaFusePolicy) -> Callable
             optimizer.step()
 
         return torch_step
-    from rlhf.learner import init_distributed
+    from rlhf.learner import import_deepspeed, init_distributed
 
+    deepspeed = import_deepspeed()  # before picking the port: the import takes seconds
     if not torch.distributed.is_initialized():
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         init_distributed(0, 1, "127.0.0.1", port)
-    import deepspeed
 
     engine, *_ = deepspeed.initialize(
         model=policy,

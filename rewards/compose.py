@@ -20,7 +20,7 @@ never normalised: a clear-case penalty of v_j must cost v_j whatever the history
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ import rewards.relevance
 import rewards.remote
 import rewards.rules  # noqa: F401
 from policies.config import FrozenConfig
-from rewards.base import RewardError, RewardFn, check_reward_options, check_scores, get_reward
+from rewards.base import RewardError, RewardFactory, RewardFn, check_reward_options, check_scores, get_reward
 
 
 class RewardTerm(FrozenConfig):
@@ -172,10 +172,17 @@ class _Term:
     is_penalty: bool
 
 
-def _build(term: RewardTerm) -> RewardFn:
-    """Calls the registered factory with the term's options; a bad option value is a ValueError naming the reward."""
+def resolve_factories(config: RewardsConfig) -> dict[str, RewardFactory]:
+    """The registered factory of every term, by name. A process that builds the composer from these (a Ray reward
+    actor) needs none of the registrations made in the process that resolved them (a test's or a user's script)."""
+    return {term.name: get_reward(term.name) for term in (*config.components, *config.safety)}
+
+
+def _build(term: RewardTerm, factories: Mapping[str, RewardFactory]) -> RewardFn:
+    """Calls the term's factory with its options; a bad option value is a ValueError naming the reward."""
     try:
-        return get_reward(term.name)(**term.options)
+        factory = factories[term.name] if term.name in factories else get_reward(term.name)
+        return factory(**term.options)
     except Exception as exc:
         raise ValueError(f"reward {term.name!r} with options {term.options}: {exc}") from exc
 
@@ -184,8 +191,9 @@ class RewardComposer:
     """Scores a batch with every configured term; ``composer(prompts, completions, **metadata) -> ComposedRewards``.
 
     ``extra_components`` / ``extra_safety`` add Python callables (TRL-style reward functions) next to the config's
-    terms. Factories are built once, here. Any component that raises or returns unusable scores raises RewardError
-    naming it, before any running statistic changes.
+    terms. ``factories`` (``resolve_factories``) stand in for the registry's by name. Factories are built once,
+    here. Any component that raises or returns unusable scores raises RewardError naming it, before any running
+    statistic changes.
     """
 
     def __init__(
@@ -193,10 +201,12 @@ class RewardComposer:
         config: RewardsConfig,
         extra_components: Sequence[ExtraReward] = (),
         extra_safety: Sequence[ExtraReward] = (),
+        factories: Mapping[str, RewardFactory] | None = None,
     ) -> None:
         self.config = config
-        terms = [_Term(f"reward/{t.label}", _build(t), t.weight, False) for t in config.components]
-        terms += [_Term(f"safety/{t.label}", _build(t), t.weight, True) for t in config.safety]
+        factories = factories or {}
+        terms = [_Term(f"reward/{t.label}", _build(t, factories), t.weight, False) for t in config.components]
+        terms += [_Term(f"safety/{t.label}", _build(t, factories), t.weight, True) for t in config.safety]
         for extras, is_penalty in ((extra_components, False), (extra_safety, True)):
             for extra in extras:
                 terms.append(_extra_term(extra, is_penalty))

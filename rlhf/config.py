@@ -204,6 +204,10 @@ class PlacementConfig(FrozenConfig):
     colocate: bool = Field(True, description="Rollout and learners share one placement group (PACK).")
     ray_address: str | None = Field(None, description="Ray address; null = the running cluster or a local one.")
     torch_threads: int = Field(0, ge=0, description="Torch threads per actor; 0 = all cores of its node.")
+    reward_cpus: float = Field(
+        0, ge=0, description="CPUs Ray reserves for the reward actor; 0 (and no GPU) = none, it runs beside the driver."
+    )
+    reward_gpus: float = Field(0, ge=0, description="GPUs Ray reserves for the reward actor (a judge on GPU).")
 
 
 class JobConfig(FrozenConfig):

@@ -44,12 +44,19 @@ class MinibatchCounts:
     seqs: float
 
 
-def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
-    """torch.distributed through DeepSpeed: gloo on CPU hosts, nccl on GPU hosts."""
+def import_deepspeed() -> Any:
+    """``import deepspeed`` with the CPU accelerator on CPU hosts. Callers that pick a free port for the process
+    group import it first: the import takes seconds, and a port picked before it could be taken meanwhile."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must precede the first deepspeed import
     import deepspeed
 
+    return deepspeed
+
+
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    """torch.distributed through DeepSpeed: gloo on CPU hosts, nccl on GPU hosts."""
+    deepspeed = import_deepspeed()
     os.environ.update(
         MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size),
         LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",

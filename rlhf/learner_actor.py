@@ -15,7 +15,7 @@ from torch import Tensor
 from rlhf.batch import RolloutBatch
 from rlhf.build import RoutedPrompts
 from rlhf.config import JobConfig
-from rlhf.learner import Learner, MinibatchCounts, init_distributed
+from rlhf.learner import Learner, MinibatchCounts, import_deepspeed, init_distributed
 from rlhf.pole_anchor import PersonaData
 from rlhf.prompts import PromptRecord
 from rlhf.sync import AdapterState
@@ -27,6 +27,7 @@ class LearnerActor:
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         torch.set_num_threads(self.cfg.placement.torch_threads or os.cpu_count() or 1)
+        import_deepspeed()  # now, not between master_address picking a port and rank 0 binding it in setup
         self.learner: Learner | None = None
 
     def node_id(self) -> str:

@@ -11,10 +11,12 @@ from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
+from rewards.compose import resolve_factories
 from rlhf.config import JobConfig
 from rlhf.learner_actor import LearnerActor
+from rlhf.reward_actor import RewardActor
 from rlhf.rollout_actor import RolloutActor
 
 PLACEMENT_TIMEOUT_S = 300
@@ -24,6 +26,7 @@ PLACEMENT_TIMEOUT_S = 300
 class ActorGroups:
     learners: list[Any]  # Ray handles of LearnerActor, rank order
     rollouts: list[Any]  # Ray handles of RolloutActor
+    reward: Any  # Ray handle of the RewardActor
     group: PlacementGroup
 
 
@@ -44,7 +47,7 @@ def start_ray(cfg: JobConfig) -> None:
         ray.init(address=running)  # a cluster started with `ray start` on this machine
         return
     lc, rc = cfg.learner, cfg.rollout
-    needed = lc.num_learners * lc.cpus_per_learner + rc.num_actors * rc.cpus_per_actor
+    needed = lc.num_learners * lc.cpus_per_learner + rc.num_actors * rc.cpus_per_actor + cfg.placement.reward_cpus
     ray.init(address="local", num_cpus=max(math.ceil(needed), os.cpu_count() or 1), include_dashboard=False)
 
 
@@ -62,10 +65,14 @@ def local_cluster_address() -> str | None:
 
 
 def create_actors(cfg: JobConfig) -> ActorGroups:
-    """Places N learners and M rollout actors, then joins the learners' process group."""
-    lc, rc = cfg.learner, cfg.rollout
+    """Places N learners, M rollout actors and the reward actor, then joins the learners' process group. The reward
+    actor gets a bundle of its own when it reserves anything; otherwise it runs on the driver's node, as the rewards
+    did in the driver, holding no GPU."""
+    lc, rc, pc = cfg.learner, cfg.rollout, cfg.placement
     bundles = [_bundle(lc.cpus_per_learner, lc.gpus_per_learner)] * lc.num_learners
     bundles += [_bundle(rc.cpus_per_actor, rc.gpus_per_actor)] * rc.num_actors
+    reward_bundle = pc.reward_cpus + pc.reward_gpus > 0
+    bundles += [_bundle(pc.reward_cpus, pc.reward_gpus)] if reward_bundle else []
     group = placement_group(bundles, strategy="PACK" if cfg.placement.colocate else "SPREAD")
     ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
     if not ready:
@@ -78,26 +85,35 @@ def create_actors(cfg: JobConfig) -> ActorGroups:
 
     cluster_has_gpus = ray.cluster_resources().get("GPU", 0) > 0
 
-    def place(cls: type, index: int, cpus: float, gpus: float, *args: Any) -> Any:
-        strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
+    def place(cls: type, index: int | None, cpus: float, gpus: float, *args: Any) -> Any:
+        strategy = (  # index None: no bundle, the driver's node
+            NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+            if index is None
+            else PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
+        )
         options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "scheduling_strategy": strategy}
         if gpus == 0 and cluster_has_gpus:  # Ray no longer hides the GPUs from an actor given none: hide them, or
             options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}  # it would pick cuda:0 unasked
         return ray.remote(cls).options(**options).remote(*args)
 
-    learners = [
-        place(LearnerActor, i, lc.cpus_per_learner, lc.gpus_per_learner, cfg, i, lc.num_learners)
-        for i in range(lc.num_learners)
-    ]
-    rollouts = [
-        place(RolloutActor, lc.num_learners + j, rc.cpus_per_actor, rc.gpus_per_actor, cfg)
-        for j in range(rc.num_actors)
-    ]
-    actors = ActorGroups(learners, rollouts, group)
+    # The reward actor starts first: a bad reward config (a missing model folder) fails before any policy loads. Its
+    # factories travel resolved, so rewards registered in the driver's process (a script's own) build there too.
+    reward_index = len(bundles) - 1 if reward_bundle else None
+    reward = place(RewardActor, reward_index, pc.reward_cpus, pc.reward_gpus, cfg, resolve_factories(cfg.rewards))
+    actors = ActorGroups([], [], reward, group)
     try:
-        master_addr, master_port = ray.get(learners[0].master_address.remote())
-        ray.get([learner.setup.remote(master_addr, master_port) for learner in learners])
-        ray.get([rollout.node_id.remote() for rollout in rollouts])  # a rollout that failed to start raises here
+        ray.get(reward.node_id.remote())
+        actors.learners = [
+            place(LearnerActor, i, lc.cpus_per_learner, lc.gpus_per_learner, cfg, i, lc.num_learners)
+            for i in range(lc.num_learners)
+        ]
+        actors.rollouts = [
+            place(RolloutActor, lc.num_learners + j, rc.cpus_per_actor, rc.gpus_per_actor, cfg)
+            for j in range(rc.num_actors)
+        ]
+        master_addr, master_port = ray.get(actors.learners[0].master_address.remote())
+        ray.get([learner.setup.remote(master_addr, master_port) for learner in actors.learners])
+        ray.get([rollout.node_id.remote() for rollout in actors.rollouts])  # a rollout that failed to start raises
     except BaseException:
         release(actors)  # a long-lived driver must not keep a failed job's resources reserved
         raise
@@ -109,6 +125,6 @@ def release(actors: ActorGroups) -> None:
     first delete their adapter files: a killed actor runs no cleanup (a busy or hung one is waited on for at most
     60 s, a dead one not at all)."""
     ray.wait([rollout.close.remote() for rollout in actors.rollouts], num_returns=len(actors.rollouts), timeout=60)
-    for actor in actors.learners + actors.rollouts:
+    for actor in (*actors.learners, *actors.rollouts, actors.reward):
         ray.kill(actor)
     ray.util.remove_placement_group(actors.group)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import ray
 import torch
 
+from rewards.compose import ComposedRewards
 from rlhf.advantages import AdvantageInputs, get_advantage
 from rlhf.batch import RolloutBatch, concat
 from rlhf.build import RoutedPrompts
@@ -64,6 +65,13 @@ def generate(
     batch = concat(ray.get(futures))
     batch.situation_features = routed.features[batch.group_ids]
     return batch
+
+
+def rewards(actors: ActorGroups, batch: RolloutBatch) -> ComposedRewards:
+    """The reward actor's composed rewards (B,) and raw components for the batch's replies; sets ``batch.rewards``."""
+    scored = ray.get(actors.reward.score.remote(batch.prompts, batch.completions, category=batch.categories))
+    batch.rewards = scored.rewards
+    return scored
 
 
 def score(actors: ActorGroups, batch: RolloutBatch) -> None:

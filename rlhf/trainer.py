@@ -1,7 +1,7 @@
 """The RL driver: one loop, readable top to bottom. The driver moves data; the actors compute.
 
-prompts -> route (learners) -> sample (rollout actors) -> rewards (+ safety) -> old/ref log-probs (learners)
--> advantages (driver) -> update (learners) -> sync adapters to rollouts -> log -> checkpoint
+prompts -> route (learners) -> sample (rollout actors) -> rewards + safety (reward actor) -> old/ref log-probs
+(learners) -> advantages (driver) -> update (learners) -> sync adapters to rollouts -> log -> checkpoint
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 import ray
 
 from policies.atomic_io import atomic_dir, atomic_write_text
-from rewards.compose import RewardComposer
 from rlhf import learner_state, stages
 from rlhf.config import JobConfig
 from rlhf.placement import ActorGroups, create_actors, release, start_ray
@@ -97,16 +96,14 @@ def save_checkpoint(actors: ActorGroups, run_dir: Path, step: int, state: dict) 
     return target
 
 
-def restore_checkpoint(
-    actors: ActorGroups, checkpoint: Path, stream: PromptStream, composer: RewardComposer
-) -> tuple[int, int]:
+def restore_checkpoint(actors: ActorGroups, checkpoint: Path, stream: PromptStream) -> tuple[int, int]:
     """Loads a checkpoint into learners, data stream and reward statistics. Returns (step, weight version)."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     saved = [learner_state.load(checkpoint / "learner", rank) for rank in range(len(actors.learners))]
     policy = ray.put(read_folder(checkpoint / "policy"))  # learners on other nodes cannot read the driver's disk
     ray.get([lr.load_training_state.remote(policy, *s) for lr, s in zip(actors.learners, saved, strict=True)])
     stream.load_state_dict(state["data"])
-    composer.load_state_dict(state["rewards"])
+    ray.get(actors.reward.load_state_dict.remote(state["rewards"]))
     return state["step"], state["version"]
 
 
@@ -131,7 +128,6 @@ def fit(cfg: JobConfig, resume: str | None = None) -> Path:
     run_dir = prepare_run_dir(cfg, resuming=checkpoint is not None)
     records = load_prompts(cfg.data.path, system_prompt=cfg.data.system_prompt)
     stream = PromptStream(records, cfg.data.prompts_per_step, seed=cfg.run.seed)
-    composer = RewardComposer(cfg.rewards)
     anchor = cfg.algorithm.pole_anchor
     persona_data = load_persona_data(anchor.data_dir) if anchor.coef > 0 else None
     start_ray(cfg)
@@ -139,9 +135,9 @@ def fit(cfg: JobConfig, resume: str | None = None) -> Path:
     try:
         if persona_data is not None:
             stages.set_pole_anchor(actors, persona_data)
-        start, version = restore_checkpoint(actors, checkpoint, stream, composer) if checkpoint else (0, 0)
+        start, version = restore_checkpoint(actors, checkpoint, stream) if checkpoint else (0, 0)
         startup = first_sync(actors, version)
-        train(cfg, actors, stream, composer, run_dir, start, version, startup)
+        train(cfg, actors, stream, run_dir, start, version, startup)
     finally:
         release(actors)
     return run_dir
@@ -151,7 +147,6 @@ def train(
     cfg: JobConfig,
     actors: ActorGroups,
     stream: PromptStream,
-    composer: RewardComposer,
     run_dir: Path,
     start: int = 0,
     version: int = 0,
@@ -173,10 +168,9 @@ def train(
             with stages.timed(timings, "gen"):
                 batch = stages.generate(actors, records, routed, version, seed=cfg.run.seed * 100_003 + step)
 
-            # 2. social-emotional rewards minus safety penalties, every component kept for the log
+            # 2. social-emotional rewards minus safety penalties (reward actor), every component kept for the log
             with stages.timed(timings, "reward"):
-                scored = composer(batch.prompts, batch.completions, category=batch.categories)
-                batch.rewards = scored.rewards
+                scored = stages.rewards(actors, batch)
 
             # 3. pi_old (current router + experts), pi_ref (adapters off) and PPO's values, on the learners
             with stages.timed(timings, "ref"):
@@ -211,7 +205,7 @@ def train(
                     "step": step,
                     "version": version,
                     "data": stream.state_dict(),
-                    "rewards": composer.state_dict(),
+                    "rewards": ray.get(actors.reward.state_dict.remote()),
                 }
                 save_checkpoint(actors, run_dir, step, state)
         with atomic_dir(run_dir / "policy") as tmp:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).parents[2]
 def test_serves_as_a_subprocess_and_the_client_scores_through_it() -> None:
     cmd = [sys.executable, "jobs/serve_reward.py", "--reward", "length", "--options", '{"min_words": 3}', "--port", "0"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killer = threading.Timer(60, proc.kill)  # a hung server fails the test instead of blocking the suite
+    killer = threading.Timer(300, proc.kill)  # a hung server fails the test instead of blocking the suite
     killer.start()
     try:
         line = proc.stdout.readline()

@@ -1,0 +1,34 @@
+"""Ray actor around the RewardComposer: the reward models load and score here, on the CPUs and GPUs Ray reserves
+for it (``placement.reward_cpus`` / ``reward_gpus``), not in the driver. A driver on a GPU node would otherwise put
+a judge or reward model on cuda:0 beside the learners and rollouts, outside Ray's accounting."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ray
+import torch
+
+from rewards.base import RewardFactory
+from rewards.compose import ComposedRewards, RewardComposer
+from rlhf.config import JobConfig
+
+
+class RewardActor:
+    def __init__(self, cfg: JobConfig, factories: Mapping[str, RewardFactory]):  # the driver's validated config
+        torch.set_num_threads(cfg.placement.torch_threads or os.cpu_count() or 1)
+        self.composer = RewardComposer(cfg.rewards, factories=factories)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str], **metadata: Any) -> ComposedRewards:
+        return self.composer(prompts, completions, **metadata)
+
+    def state_dict(self) -> dict[str, dict[str, float | int]]:
+        return self.composer.state_dict()
+
+    def load_state_dict(self, state: dict[str, dict[str, float | int]]) -> None:
+        self.composer.load_state_dict(state)
