@@ -74,12 +74,16 @@ def fused_mixture_delta(
     d_out = lora_B.shape[1]
     # Sparse per-sequence: gather the k chosen experts of each row. Not for one-token decode steps, where copying
     # the gathered weights every step costs more than the dense rank E*r matmuls (measured: decode ~30% faster).
+    # index_select, not lora_A[indices]: its backward is an index_add, where advanced indexing's is an accumulating
+    # index_put (measured on CPU: the update ~9% faster).
     if routing.indices is not None and seq > 1:
         k = routing.indices.shape[1]
-        a = lora_A[routing.indices].reshape(batch, k * rank, d_in)  # (B, k*r, d_in)
+        chosen = routing.indices.reshape(batch * k)
+        a = lora_A.index_select(0, chosen).view(batch, k * rank, d_in)  # (B, k*r, d_in)
         h = torch.bmm(x, a.transpose(1, 2)).view(batch, seq, k, rank)  # (B, T, k, r)
         h = h * (scaling * routing.topk_weights).to(h.dtype)[:, None, :, None]
-        b = lora_B[routing.indices].permute(0, 2, 1, 3).reshape(batch, d_out, k * rank)  # (B, d_out, k*r)
+        b = lora_B.index_select(0, chosen).view(batch, k, d_out, rank)
+        b = b.permute(0, 2, 1, 3).reshape(batch, d_out, k * rank)  # (B, d_out, k*r)
         return torch.bmm(h.reshape(batch, seq, k * rank), b.transpose(1, 2))
     weights = routing.weights.to(x.dtype)
     gate = weights[:, None, :, None] if weights.dim() == 2 else weights[..., None]  # (B, 1|T, E, 1)

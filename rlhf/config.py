@@ -174,6 +174,12 @@ class LearnerConfig(FrozenConfig):
     warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up in optimizer steps.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward on one rank.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    attention: Literal["auto", "sdpa", "fp32"] = Field(
+        "auto",
+        description="Learner attention: fp32 (policies/attention.py: matmul attention in fp32; a faster backward on "
+        "CPU for short replies, but keeps B x H x T x S probabilities), sdpa (torch's kernels); auto = fp32 on CPU "
+        "hosts, sdpa on GPU hosts.",
+    )
     shared_prompt_forward: bool | None = Field(
         None,
         description="Run each prompt once for its G samples and reuse its keys/values (same log-probs and "

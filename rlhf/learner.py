@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from policies.attention import register_fp32_attention
 from policies.export import load_policy_weights
 from policies.policy import bf16_autocast, token_logprobs
 from policies.router import replay_selection
@@ -64,6 +65,14 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
 
 
+def attention_implementation(cfg: JobConfig) -> str | None:
+    """The attention the learner's policy runs with: ``register_fp32_attention()``'s name, or None to keep the
+    model's own (sdpa)."""
+    if cfg.learner.attention == "fp32" or (cfg.learner.attention == "auto" and not torch.cuda.is_available()):
+        return register_fp32_attention()
+    return None
+
+
 def deepspeed_config(cfg: JobConfig, grad_accum: int) -> dict:
     lc = cfg.learner
     zero: dict = {"stage": lc.zero_stage}
@@ -89,6 +98,9 @@ class Learner:
         self.cfg = cfg
         self.world_size = world_size
         self.policy = build_policy(cfg, torch.bfloat16 if cfg.learner.dtype == "bf16" else torch.float32)
+        attention = attention_implementation(cfg)
+        if attention is not None:
+            self.policy.model.set_attn_implementation(attention)
         # The router the run starts from (before any checkpoint is restored), frozen: the anchor's reference.
         self.anchor_router = None
         if cfg.algorithm.router_anchor_coef > 0 and cfg.policy.train_router:

@@ -4,9 +4,10 @@ from types import SimpleNamespace
 
 import torch
 
+from policies.attention import FP32_ATTENTION
 from rlhf.batch import RolloutBatch
 from rlhf.config import load_config
-from rlhf.learner import Learner, deepspeed_config
+from rlhf.learner import Learner, attention_implementation, deepspeed_config
 
 
 def test_deepspeed_config_follows_the_learner_config() -> None:
@@ -38,3 +39,12 @@ def test_score_splits_a_shard_as_the_update_splits_its_minibatches() -> None:
     assert [mb.response_ids.shape[1] for mb in split] == [5, 1, 4, 6]
     update_split = [mb for part in batch.shards(2) for mb in Learner.micro_batches(learner, part)]
     assert [mb.group_ids.tolist() for mb in update_split] == [mb.group_ids.tolist() for mb in split]
+
+
+def test_attention_follows_the_config_and_the_host(monkeypatch) -> None:
+    assert attention_implementation(load_config(None, ["learner.attention=fp32"])) == FP32_ATTENTION
+    assert attention_implementation(load_config(None, ["learner.attention=sdpa"])) is None
+    auto = load_config(None, [])
+    assert attention_implementation(auto) == FP32_ATTENTION  # this CPU host
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert attention_implementation(auto) is None  # a GPU host keeps sdpa (long replies: O(T * S) memory per head)
