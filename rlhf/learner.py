@@ -29,7 +29,7 @@ from rlhf.critic import ValueHead
 from rlhf.kl import get_kl_estimator
 from rlhf.masked import masked_mean
 from rlhf.pole_anchor import PersonaData, PoleAnchor
-from rlhf.policy_loss import entropy_from_logits, policy_loss, value_loss
+from rlhf.policy_loss import logprobs_and_entropy, policy_loss, value_loss
 from rlhf.prompts import PromptRecord
 from rlhf.router_losses import router_anchor_kl
 from rlhf.sync import DELTA_BITS, AdapterState, SyncedAdapters, delta_snapshot, held_snapshot, snapshot
@@ -283,7 +283,7 @@ class Learner:
                 mb.input_ids, mb.attention_mask, mb.response_len, self.cfg.rollout.temperature,
                 with_hidden=self.critic is not None, groups=self.prompt_groups(mb),
             )  # fmt: skip  # (b, T, V), (b, T, H)
-        logprobs = token_logprobs(logits, mb.response_ids)
+        logprobs, entropy = logprobs_and_entropy(logits, mb.response_ids, entropy_grad=algo.entropy_coef > 0)
         per_token, metrics = policy_loss(
             logprobs, logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs, mb.advantages, mask,
             clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
@@ -291,8 +291,6 @@ class Learner:
         kl = self.kl_estimator(logprobs, mb.ref_logprobs)  # (b, T)
         if algo.kl.placement == "loss":
             per_token = per_token + algo.kl.coef * kl
-        with torch.set_grad_enabled(algo.entropy_coef > 0):
-            entropy = entropy_from_logits(logits)  # (b, T)
         if algo.entropy_coef > 0:
             per_token = per_token - algo.entropy_coef * entropy
         critic_metrics: dict[str, Tensor] = {}

@@ -62,6 +62,7 @@ def test_one_and_two_learners_agree(ray_local, tiny_model_dir) -> None:
         "learner.lr=0.05",
         "algorithm.ppo_epochs=2",
         "algorithm.kl.coef=0.1",
+        "algorithm.entropy_coef=0.01",  # the entropy's gradient path through logprobs_and_entropy too
     )
     batch = sample_batch(overrides)
     (m1, _, s1), (m2, _, s2) = (

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import torch
 
+from policies.policy import token_logprobs
 from rlhf.aggregation import aggregate
-from rlhf.policy_loss import entropy_from_logits, policy_loss, value_loss
+from rlhf.policy_loss import entropy_from_logits, logprobs_and_entropy, policy_loss, value_loss
 
 NAN = float("nan")
 
@@ -213,3 +214,36 @@ def test_entropy_matches_trl() -> None:
         trl_utils = importlib.import_module("trl.trainer.utils")
     logits = torch.randn(2, 3, 17, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(entropy_from_logits(logits), trl_utils.entropy_from_logits(logits))
+
+
+def test_logprobs_and_entropy_equal_the_separate_functions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits, tokens = torch.randn(3, 5, 50, generator=gen) * 3, torch.randint(0, 50, (3, 5), generator=gen)
+    logprobs, entropy = logprobs_and_entropy(logits, tokens)
+    assert torch.equal(logprobs, token_logprobs(logits, tokens))  # bit-equal: ratio 1 against the score pass's
+    torch.testing.assert_close(entropy, entropy_from_logits(logits))
+    assert logprobs_and_entropy(logits.requires_grad_(), tokens)[1].requires_grad is False
+
+
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_logprobs_and_entropy_backward_is_the_analytic_gradient(entropy_grad: bool) -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits = (torch.randn(2, 3, 7, generator=gen, dtype=torch.float64) * 2).requires_grad_()
+    tokens = torch.randint(0, 7, (2, 3), generator=gen)
+
+    def outputs(z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logprobs, entropy = logprobs_and_entropy(z, tokens, entropy_grad)
+        return (logprobs, entropy) if entropy_grad else (logprobs,)
+
+    assert torch.autograd.gradcheck(outputs, (logits,))
+    # and against autograd through the separate functions, with weights on both outputs
+    w_lp, w_h = (
+        torch.randn(2, 3, generator=gen, dtype=torch.float64),
+        torch.randn(2, 3, generator=gen, dtype=torch.float64),
+    )
+    lp, h = logprobs_and_entropy(logits, tokens, entropy_grad)
+    (ours,) = torch.autograd.grad((w_lp * lp).sum() + (w_h * h).sum() * entropy_grad, logits)
+    reference = (w_lp * token_logprobs(logits, tokens)).sum()
+    reference = reference + (w_h * entropy_from_logits(logits)).sum() * entropy_grad
+    (expected,) = torch.autograd.grad(reference, logits)
+    torch.testing.assert_close(ours, expected)
