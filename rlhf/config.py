@@ -163,7 +163,7 @@ class LearnerConfig(FrozenConfig):
     dtype: Literal["fp32", "bf16", "bf16-mixed"] = Field(
         "fp32",
         description="Training precision: fp32; bf16 (DeepSpeed bf16 weights and grads); bf16-mixed (fp32 weights, "
-        "grads and optimizer, bf16 autocast matmuls: ~1.7x faster on CPUs with avx512_bf16 and on GPUs).",
+        "grads and optimizer, bf16 autocast matmuls: faster on CPUs with avx512_bf16 and on GPUs).",
     )
     offload_optimizer: bool = Field(False, description="ZeRO optimizer-state offload to CPU.")
     lr: float = Field(1e-4, gt=0, description="Learning rate of the experts.")
