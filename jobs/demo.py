@@ -76,21 +76,29 @@ def submit(address: str, job_args: list[str], env: dict[str, str], head: subproc
     else:
         raise HeadNotReady(f"the Ray head at {address} did not take the job within 180 s")
     subprocess.run([ray, "job", "logs", "--follow", f"--address={address}", job_id], env=env)
-    said = wait_for_job(ray, address, job_id, env)
+    said = wait_for_job(ray, address, job_id, env, head)
     if f"job '{job_id}' succeeded" not in said:
         raise RuntimeError(f"the GRPO job {job_id} did not succeed:\n{said}")
     print(f"job {job_id} succeeded", flush=True)
 
 
-def wait_for_job(ray: str, address: str, job_id: str, env: dict[str, str], timeout_s: float = 3600) -> str:
+def wait_for_job(
+    ray: str, address: str, job_id: str, env: dict[str, str], head: subprocess.Popen, timeout_s: float = 3600
+) -> str:
     """``ray job status`` until the job has ended; returns what it said, lower-cased. Polled, because the log
     stream above can end early (a dropped connection) and one status call can fail the same way."""
     deadline = time.monotonic() + timeout_s
     while True:
-        done = subprocess.run(
-            [ray, "job", "status", f"--address={address}", job_id], env=env, capture_output=True, text=True
-        )
-        said = (done.stdout + done.stderr).lower()
+        if head.poll() is not None:
+            raise RuntimeError(f"the Ray head exited while the GRPO job {job_id} ran")
+        try:
+            done = subprocess.run(
+                [ray, "job", "status", f"--address={address}", job_id],
+                env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            said = (done.stdout + done.stderr).lower()
+        except subprocess.TimeoutExpired:
+            said = "(ray job status did not answer within 120 s)"
         if any(f"job '{job_id}' {end}" in said for end in ("succeeded", "failed", "was stopped")):
             return said
         if time.monotonic() > deadline:

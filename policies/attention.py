@@ -31,7 +31,8 @@ def fp32_attention(
     **kwargs,
 ) -> tuple[Tensor, None]:
     """query (B, H, T, D), key and value (B, H_kv, S, D), attention_mask additive (B, 1, T, S) or None (no mask,
-    as in transformers' eager attention) -> output (B, T, H, D) in fp32, no attention weights."""
+    as in transformers' eager attention) -> output (B, T, H, D) in the values' dtype (a bf16 model's o_proj takes
+    bf16; under autocast it would cast to bf16 anyway), no attention weights."""
     groups = query.shape[1] // key.shape[1]
     with torch.autocast(query.device.type, enabled=False):
         k = key.float().repeat_interleave(groups, dim=1)  # (B, H, S, D)
@@ -40,7 +41,7 @@ def fp32_attention(
         if attention_mask is not None:
             scores = scores + attention_mask
         probs = F.dropout(scores.softmax(-1), p=dropout, training=module.training)
-        return torch.matmul(probs, v).transpose(1, 2).contiguous(), None
+        return torch.matmul(probs, v).transpose(1, 2).contiguous().to(value.dtype), None
 
 
 def register_fp32_attention() -> str:

@@ -173,8 +173,10 @@ class _Term:
 
 
 def resolve_factories(config: RewardsConfig) -> dict[str, RewardFactory]:
-    """The registered factory of every term, by name. A process that builds the composer from these (a Ray reward
-    actor) needs none of the registrations made in the process that resolved them (a test's or a user's script)."""
+    """The registered factory of every term, by name, for a composer built in another process (the Ray reward
+    actor): a factory defined in a script (``__main__``) or inside a function travels by value, so its registration
+    need not happen there; one defined in an importable module travels by name, so that module must be importable
+    on the actor's node (``ray job submit --working-dir`` ships the project)."""
     return {term.name: get_reward(term.name) for term in (*config.components, *config.safety)}
 
 

@@ -26,7 +26,7 @@ PLACEMENT_TIMEOUT_S = 300
 class ActorGroups:
     learners: list[Any]  # Ray handles of LearnerActor, rank order
     rollouts: list[Any]  # Ray handles of RolloutActor
-    reward: Any  # Ray handle of the RewardActor
+    reward: Any  # Ray handle of the RewardActor (None only while create_actors starts it)
     group: PlacementGroup
 
 
@@ -79,8 +79,8 @@ def create_actors(cfg: JobConfig) -> ActorGroups:
         ray.util.remove_placement_group(group)
         raise RuntimeError(
             f"Ray could not place {bundles} within {PLACEMENT_TIMEOUT_S}s (cluster has {ray.cluster_resources()}); "
-            "lower learner.cpus_per_learner / gpus_per_learner, rollout.cpus_per_actor / gpus_per_actor, the "
-            "learner and rollout counts, or add nodes"
+            "lower learner.cpus_per_learner / gpus_per_learner, rollout.cpus_per_actor / gpus_per_actor, "
+            "placement.reward_cpus / reward_gpus, the learner and rollout counts, or add nodes"
         )
 
     cluster_has_gpus = ray.cluster_resources().get("GPU", 0) > 0
@@ -99,10 +99,11 @@ def create_actors(cfg: JobConfig) -> ActorGroups:
     # The reward actor starts first: a bad reward config (a missing model folder) fails before any policy loads. Its
     # factories travel resolved, so rewards registered in the driver's process (a script's own) build there too.
     reward_index = len(bundles) - 1 if reward_bundle else None
-    reward = place(RewardActor, reward_index, pc.reward_cpus, pc.reward_gpus, cfg, resolve_factories(cfg.rewards))
-    actors = ActorGroups([], [], reward, group)
+    actors = ActorGroups([], [], None, group)
     try:
-        ray.get(reward.node_id.remote())
+        factories = resolve_factories(cfg.rewards)
+        actors.reward = place(RewardActor, reward_index, pc.reward_cpus, pc.reward_gpus, cfg, factories)
+        ray.get(actors.reward.node_id.remote())
         actors.learners = [
             place(LearnerActor, i, lc.cpus_per_learner, lc.gpus_per_learner, cfg, i, lc.num_learners)
             for i in range(lc.num_learners)
@@ -125,6 +126,6 @@ def release(actors: ActorGroups) -> None:
     first delete their adapter files: a killed actor runs no cleanup (a busy or hung one is waited on for at most
     60 s, a dead one not at all)."""
     ray.wait([rollout.close.remote() for rollout in actors.rollouts], num_returns=len(actors.rollouts), timeout=60)
-    for actor in (*actors.learners, *actors.rollouts, actors.reward):
+    for actor in (*actors.learners, *actors.rollouts, *([actors.reward] if actors.reward is not None else [])):
         ray.kill(actor)
     ray.util.remove_placement_group(actors.group)

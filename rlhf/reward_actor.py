@@ -18,7 +18,8 @@ from rlhf.config import JobConfig
 
 class RewardActor:
     def __init__(self, cfg: JobConfig, factories: Mapping[str, RewardFactory]):  # the driver's validated config
-        torch.set_num_threads(cfg.placement.torch_threads or os.cpu_count() or 1)
+        pc = cfg.placement  # threads: the configured count, else the CPUs reserved for it, else the node's cores
+        torch.set_num_threads(pc.torch_threads or int(pc.reward_cpus) or os.cpu_count() or 1)
         self.composer = RewardComposer(cfg.rewards, factories=factories)
 
     def node_id(self) -> str:

@@ -50,3 +50,17 @@ def test_under_autocast_it_stays_closer_to_fp32_than_sdpa(tiny_policy, prompt_ba
     tiny_policy.model.set_attn_implementation(register_fp32_attention())
     ours_error = (outputs(tiny_policy, ids, mask, groups, autocast=True)[0] - exact).abs().mean()
     assert 0 < ours_error <= sdpa_error, (ours_error, sdpa_error)
+
+
+def test_a_bf16_model_runs_with_it(tiny_model_dir, prompt_batch) -> None:
+    """learner.dtype=bf16 (no autocast): the output comes back in bf16 for the bf16 o_proj."""
+    from policies.config import PersonaConfig
+    from policies.policy import PersonaFusePolicy
+
+    policy = PersonaFusePolicy.from_base(PersonaConfig(base_model=str(tiny_model_dir)), torch.bfloat16)
+    ids, mask, _ = grouped_rows(prompt_batch)
+    sdpa = policy.ref_logprobs(ids, mask, 5)
+    policy.model.set_attn_implementation(register_fp32_attention())
+    ours = policy.ref_logprobs(ids, mask, 5)
+    reply_mask = mask[:, -5:].bool()
+    torch.testing.assert_close(ours[reply_mask], sdpa[reply_mask], atol=0.1, rtol=0.05)

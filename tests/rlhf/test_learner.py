@@ -45,6 +45,7 @@ def test_attention_follows_the_config_and_the_host(monkeypatch) -> None:
     assert attention_implementation(load_config(None, ["learner.attention=fp32"])) == FP32_ATTENTION
     assert attention_implementation(load_config(None, ["learner.attention=sdpa"])) is None
     auto = load_config(None, [])
-    assert attention_implementation(auto) == FP32_ATTENTION  # this CPU host
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert attention_implementation(auto) == FP32_ATTENTION  # a CPU host
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert attention_implementation(auto) is None  # a GPU host keeps sdpa (long replies: O(T * S) memory per head)
