@@ -180,6 +180,19 @@ def resolve_factories(config: RewardsConfig) -> dict[str, RewardFactory]:
     return {term.name: get_reward(term.name) for term in (*config.components, *config.safety)}
 
 
+def preflight(config: RewardsConfig) -> None:
+    """Runs each term's cheap checks, where its factory has a ``preflight(**options)`` (a missing model folder, a
+    rubric file), so a bad path fails before a job starts Ray or loads any model; ValueError naming the term."""
+    for group in ("components", "safety"):
+        for index, term in enumerate(getattr(config, group)):
+            check = getattr(get_reward(term.name), "preflight", None)
+            try:
+                if check is not None:
+                    check(**term.options)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"rewards.{group}[{index}] ({term.label}): {exc}") from exc
+
+
 def _build(term: RewardTerm, factories: Mapping[str, RewardFactory]) -> RewardFn:
     """Calls the term's factory with its options; a bad option value is a ValueError naming the reward."""
     try:

@@ -213,6 +213,14 @@ class Judge:
     gpu_memory_utilization: float = 0.2  # vLLM on GPU: share of GPU memory for the judge (weights + KV cache)
     score_token_ids: list[int] = field(init=False)  # K ids: score_token_ids[k - 1] is the token of score k
 
+    @classmethod
+    def preflight(cls, model: str = EMBEDDED, rubric: str = "empathy", **_: object) -> None:
+        """The checks that load nothing (``rewards.compose.preflight``): the rubric, and a model folder given by path
+        (the embedded one is made at setup)."""
+        load_rubric(rubric)
+        if model != EMBEDDED:
+            resolve_judge_model(model)
+
     def __post_init__(self) -> None:
         from transformers import AutoConfig, AutoTokenizer
 

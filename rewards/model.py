@@ -86,6 +86,11 @@ class RewardModel:
     heads: tuple[str, ...] = field(init=False)
     weights: Tensor = field(init=False, repr=False)
 
+    @classmethod
+    def preflight(cls, path: str = "embedded-social", **_: object) -> None:
+        """The checks that load nothing (``rewards.compose.preflight``): the model folder exists."""
+        resolve_reward_path(path)
+
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_length < 8:
             raise ValueError(f"batch_size must be >= 1 and max_length >= 8, got {self.batch_size}, {self.max_length}")

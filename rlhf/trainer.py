@@ -13,6 +13,7 @@ from pathlib import Path
 import ray
 
 from policies.atomic_io import atomic_dir, atomic_write_text
+from rewards.compose import preflight
 from rlhf import learner_state, stages
 from rlhf.config import JobConfig
 from rlhf.placement import ActorGroups, create_actors, release, start_ray
@@ -124,6 +125,7 @@ def fit(cfg: JobConfig, resume: str | None = None) -> Path:
 
     ``resume``: "latest" or a checkpoint folder; the run continues exactly where the checkpoint left it.
     """
+    preflight(cfg.rewards)  # a missing reward model folder fails here, before Ray starts
     checkpoint = resolve_resume(Path(cfg.run.output_dir) / cfg.run.name, resume)
     run_dir = prepare_run_dir(cfg, resuming=checkpoint is not None)
     records = load_prompts(cfg.data.path, system_prompt=cfg.data.system_prompt)

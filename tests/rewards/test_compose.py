@@ -12,7 +12,15 @@ from pydantic import ValidationError
 from trl.rewards import get_soft_overlong_punishment
 
 from rewards.base import RewardError
-from rewards.compose import DEFAULT_REWARDS, DEFAULT_SAFETY, ExtraReward, RewardComposer, RewardsConfig, RewardTerm
+from rewards.compose import (
+    DEFAULT_REWARDS,
+    DEFAULT_SAFETY,
+    ExtraReward,
+    RewardComposer,
+    RewardsConfig,
+    RewardTerm,
+    preflight,
+)
 
 PROMPT = "My best friend forgot my birthday and I feel invisible."
 WARM = (
@@ -267,3 +275,17 @@ def test_embedded_default_penalises_harmful_compliance_and_spares_supportive_ref
     out = composer(prompts=[prompt, prompt], completions=[supportive, harmful], category=[None, None])
     assert out.components["safety/safety_classifier"][1] > 0.5 > out.components["safety/safety_classifier"][0]
     assert out.rewards[0] > out.rewards[1] + 2
+
+
+def test_preflight_names_the_term_whose_folder_or_rubric_is_missing(tmp_path) -> None:
+    preflight(DEFAULT_REWARDS)  # the embedded reward models exist after setup
+    preflight(RULES)  # rules have nothing to check
+    missing = RewardsConfig(
+        components=(RewardTerm(name="validation", weight=1.0),),
+        safety=(RewardTerm(name="reward_model", key="clf", weight=1.0, options={"path": str(tmp_path / "nope")}),),
+    )
+    with pytest.raises(ValueError, match=r"rewards\.safety\[0\] \(clf\): reward model .*no HF model folder"):
+        preflight(missing)
+    judge = RewardsConfig(components=(RewardTerm(name="judge", weight=1.0, options={"rubric": "kindness"}),))
+    with pytest.raises(ValueError, match=r"rewards\.components\[0\] \(judge\): rubric 'kindness' is neither"):
+        preflight(judge)
