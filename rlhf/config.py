@@ -214,6 +214,12 @@ class PlacementConfig(FrozenConfig):
         0, ge=0, description="CPUs Ray reserves for the reward actor; 0 (and no GPU) = none, it runs beside the driver."
     )
     reward_gpus: float = Field(0, ge=0, description="GPUs Ray reserves for the reward actor (a judge on GPU).")
+    overlap_rewards: bool | None = Field(
+        None,
+        description="Score the replies while the learners compute pi_old/pi_ref/values, instead of one after the "
+        "other. null = when the learners run on GPUs (their pass then leaves the CPUs and other GPUs to the reward "
+        "actor); on a CPU-only host both would share the same cores, slower at once than in turn (README).",
+    )
 
 
 class JobConfig(FrozenConfig):
@@ -243,6 +249,13 @@ class JobConfig(FrozenConfig):
                 f"({self.rollout.num_actors})"
             )
         return self
+
+    @property
+    def overlaps_rewards(self) -> bool:
+        """Whether rewards and the learners' scoring pass run at once (``placement.overlap_rewards``, resolved)."""
+        if self.placement.overlap_rewards is None:
+            return self.learner.gpus_per_learner > 0
+        return self.placement.overlap_rewards
 
 
 C = TypeVar("C", bound=FrozenConfig)

@@ -69,15 +69,57 @@ def generate(
 
 def rewards(actors: ActorGroups, batch: RolloutBatch) -> ComposedRewards:
     """The reward actor's composed rewards (B,) and raw components for the batch's replies; sets ``batch.rewards``."""
-    scored = ray.get(actors.reward.score.remote(batch.prompts, batch.completions, category=batch.categories))
+    scored = ray.get(_request_rewards(actors, batch))
     batch.rewards = scored.rewards
     return scored
 
 
 def score(actors: ActorGroups, batch: RolloutBatch) -> None:
     """Fills old_logprobs, ref_logprobs (and values for PPO), (B, T), computed by the learners on their shards."""
+    _fill_scores(batch, ray.get(_request_scores(actors, batch)))
+
+
+def rewards_and_scores(
+    actors: ActorGroups, batch: RolloutBatch, timings: dict[str, float], overlap: bool
+) -> ComposedRewards:
+    """``rewards`` then ``score``, or with ``overlap`` both at once: neither needs the other, and they run on
+    different actors (on a GPU cluster, different devices). Overlapped, ``timing/reward`` and ``timing/ref`` each
+    run from the common start to that stage's last result, and the first failure raises without waiting for the
+    other stage."""
+    if not overlap:
+        with timed(timings, "reward"):
+            scored = rewards(actors, batch)
+        with timed(timings, "ref"):
+            score(actors, batch)
+        return scored
+    start = time.perf_counter()
+    reward_ref, score_refs = _request_rewards(actors, batch), _request_scores(actors, batch)
+    stage_of = {reward_ref: "reward", **{ref: "ref" for ref in score_refs}}
+    left = {"reward": 1, "ref": len(score_refs)}
+    pending = list(stage_of)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)  # a failed stage raises here, as soon as it ends
+        stage = stage_of[done[0]]
+        left[stage] -= 1
+        if not left[stage]:
+            timings[f"timing/{stage}"] = time.perf_counter() - start
+    _fill_scores(batch, ray.get(score_refs))
+    scored = ray.get(reward_ref)
+    batch.rewards = scored.rewards
+    return scored
+
+
+def _request_rewards(actors: ActorGroups, batch: RolloutBatch) -> ray.ObjectRef:
+    return actors.reward.score.remote(batch.prompts, batch.completions, category=batch.categories)
+
+
+def _request_scores(actors: ActorGroups, batch: RolloutBatch) -> list[ray.ObjectRef]:
     shards = batch.shards(len(actors.learners))
-    results = ray.get([lr.score.remote(s) for lr, s in zip(actors.learners, shards, strict=True)])
+    return [learner.score.remote(shard) for learner, shard in zip(actors.learners, shards, strict=True)]
+
+
+def _fill_scores(batch: RolloutBatch, results: list[dict[str, torch.Tensor]]) -> None:
     for key in results[0]:
         setattr(batch, key, torch.cat([r[key] for r in results]))
 

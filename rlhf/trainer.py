@@ -170,13 +170,10 @@ def train(
             with stages.timed(timings, "gen"):
                 batch = stages.generate(actors, records, routed, version, seed=cfg.run.seed * 100_003 + step)
 
-            # 2. social-emotional rewards minus safety penalties (reward actor), every component kept for the log
-            with stages.timed(timings, "reward"):
-                scored = stages.rewards(actors, batch)
-
-            # 3. pi_old (current router + experts), pi_ref (adapters off) and PPO's values, on the learners
-            with stages.timed(timings, "ref"):
-                stages.score(actors, batch)
+            # 2. social-emotional rewards minus safety penalties (reward actor), every component kept for the log;
+            # 3. pi_old (current router + experts), pi_ref (adapters off) and PPO's values, on the learners; 2 and 3
+            #    at once when they use different devices (placement.overlap_rewards)
+            scored = stages.rewards_and_scores(actors, batch, timings, overlap=cfg.overlaps_rewards)
 
             # 4. advantages: GRPO group baselines or PPO's GAE (cheap; on the driver)
             with stages.timed(timings, "adv"):

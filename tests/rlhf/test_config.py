@@ -96,3 +96,11 @@ def test_shared_prompt_forward_follows_gradient_checkpointing_unless_set() -> No
     assert load_config(None, []).learner.shares_prompts
     assert not load_config(None, ["learner.gradient_checkpointing=true"]).learner.shares_prompts
     assert not load_config(None, ["learner.shared_prompt_forward=false"]).learner.shares_prompts
+
+
+def test_rewards_overlap_the_scoring_pass_when_the_learners_are_on_gpus_unless_set() -> None:
+    configs = Path(__file__).parents[2] / "configs"
+    assert not load_config(configs / "smollm2_cpu_grpo.yaml").overlaps_rewards  # they would share 2 cores
+    assert load_config(configs / "qwen2.5-7b_8gpu_grpo.yaml").overlaps_rewards
+    assert load_config(None, ["placement.overlap_rewards=true"]).overlaps_rewards
+    assert not load_config(None, ["learner.gpus_per_learner=1", "placement.overlap_rewards=false"]).overlaps_rewards

@@ -1,10 +1,44 @@
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import ray
 import torch
 
 from rlhf.config import load_config
-from rlhf.stages import compute_advantages, minibatch_counts, rollout_metrics
+from rlhf.placement import ActorGroups
+from rlhf.stages import compute_advantages, minibatch_counts, rewards_and_scores, rollout_metrics
 from tests.rlhf.test_batch import make_batch
+
+
+# Stand-ins for the reward and learner actors, to test how rewards_and_scores waits on them (real Ray; the real
+# actors run this stage in tests/rlhf/test_grpo.py's end-to-end runs).
+@ray.remote(num_cpus=0)
+class StandInReward:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def score(self, prompts: list[str], completions: list[str], category: list) -> SimpleNamespace:
+        if self.fail:
+            raise ValueError("reward/validation returned NaN")
+        return SimpleNamespace(rewards=torch.tensor([float(len(c)) for c in completions]), components={})
+
+
+@ray.remote(num_cpus=0)
+class StandInLearner:
+    def __init__(self, release: str | None = None) -> None:
+        self.release = release
+
+    def score(self, shard) -> dict[str, torch.Tensor]:
+        if self.release is not None:  # holds until the test releases it (or 120 s), then says it finished
+            deadline = time.monotonic() + 120
+            while not Path(self.release).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            Path(self.release + ".finished").touch()
+        return {"ref_logprobs": shard.prompt_ids[:, :1].float().expand(-1, shard.response_len)}
 
 
 def test_kl_in_reward_lowers_the_advantage_of_the_drifting_sample() -> None:
@@ -61,3 +95,30 @@ def test_ppo_advantages_are_gae_over_kl_shaped_token_rewards() -> None:
     cfg = load_config(None, [*overrides, "algorithm.kl.coef=0.5", "algorithm.whiten_advantages=false"])
     compute_advantages(batch, cfg.algorithm)
     assert batch.advantages[1, 2] == 0 and batch.advantages[0, 2] == 0.5 - 0.5  # last token: r - V
+
+
+def test_rewards_and_scores_in_turn_or_at_once_fill_both_and_time_each(ray_local) -> None:
+    batch = make_batch(4, 2, 3)
+    batch.prompts, batch.categories = ["p"] * 4, [None] * 4
+    batch.completions = ["a", "bb", "ccc", "dddd"]
+    actors = ActorGroups([StandInLearner.remote(), StandInLearner.remote()], [], StandInReward.remote(), None)
+    for overlap in (False, True):
+        batch.rewards = batch.ref_logprobs = None
+        timings: dict[str, float] = {}
+        scored = rewards_and_scores(actors, batch, timings, overlap=overlap)
+        assert batch.rewards is scored.rewards and batch.rewards.tolist() == [1.0, 2.0, 3.0, 4.0]
+        assert batch.ref_logprobs[:, 0].tolist() == [1.0, 3.0, 5.0, 7.0]  # both shards, in row order
+        assert set(timings) == {"timing/reward", "timing/ref"}
+
+
+def test_a_failing_reward_raises_while_the_learners_still_score(ray_local, tmp_path) -> None:
+    release = str(tmp_path / "release")
+    batch = make_batch(2, 2, 3)
+    batch.prompts, batch.categories = ["p"] * 2, [None] * 2
+    actors = ActorGroups([StandInLearner.remote(release)], [], StandInReward.remote(fail=True), None)
+    try:
+        with pytest.raises(ray.exceptions.RayTaskError, match="returned NaN"):
+            rewards_and_scores(actors, batch, {}, overlap=True)
+        assert not Path(release + ".finished").exists()  # raised without waiting for the learner
+    finally:
+        Path(release).touch()
