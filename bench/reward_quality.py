@@ -10,8 +10,9 @@ Measured, side by side in one run:
                question), scored on the held-out questions' pairs; the default reward on those same pairs too
   probe        a ceiling check on the data: a Bradley-Terry linear model on frozen MiniLM embeddings of the answer
                (mean-pooled, 512 tokens, so the whole answer is seen), with and without log(words), 5-fold by
-               question, and the same on a bag of words (word choice without length); if these cannot beat
-               "longer wins", the text carries little upvote signal beyond length
+               question, the same on the embedded SmolLM2's hidden states (layer 20 of 30, mean-pooled, 512
+               tokens: a causal LM's view of the answer), and on a bag of words (word choice without length);
+               if these cannot beat "longer wins", the text carries little upvote signal beyond length
 and each component's scoring throughput (pairs/s). Goals: default above the length baseline and >= 0.5
 length-controlled; trained >= 0.65 and above the length baseline on the same held-out pairs.
 
@@ -122,6 +123,27 @@ def embed(texts: list[str], batch: int = 16) -> dict[str, torch.Tensor]:
     return out
 
 
+@torch.no_grad()
+def embed_causal(texts: list[str], layer: int = 20, batch: int = 8) -> dict[str, torch.Tensor]:
+    """Mean-pooled hidden states after decoder layer ``layer`` of the embedded SmolLM2 (512 tokens), per distinct
+    text; the decoder only, so no (tokens x vocabulary) logits are computed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from policies.embedded import embedded_model_dir
+
+    path = embedded_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    decoder = AutoModelForCausalLM.from_pretrained(path).eval().get_decoder()
+    unique = sorted(set(texts), key=len)  # similar lengths per batch: less padding
+    out = {}
+    for i in range(0, len(unique), batch):
+        enc = tokenizer(unique[i : i + batch], padding=True, truncation=True, max_length=512, return_tensors="pt")
+        states = decoder(**enc, output_hidden_states=True).hidden_states[layer]
+        mask = enc.attention_mask.unsqueeze(-1).float()
+        out.update(zip(unique[i : i + batch], (states * mask).sum(1) / mask.sum(1), strict=True))
+    return out
+
+
 def bag_of_words(texts: list[str], min_df: int = 2) -> Callable[[str], torch.Tensor]:
     """A featuriser: log(1 + count) of each word seen in >= ``min_df`` of ``texts``, L2-normalised (so it carries
     word choice, not length)."""
@@ -159,9 +181,10 @@ def fit_bradley_terry(x: torch.Tensor, l2: float) -> Callable[[torch.Tensor], to
 
 def content_probe(pairs: list[PairRow], folds: int = 5, l2: float = 0.1, seed: int = 0) -> dict:
     """Held-out pair accuracy of linear Bradley-Terry models on fixed answer features, k-fold by question:
-    frozen MiniLM embeddings (with and without log(words)) and a bag of words (its vocabulary from the training
-    folds' answers)."""
-    vectors = embed([p.chosen for p in pairs] + [p.rejected for p in pairs])
+    frozen MiniLM embeddings (with and without log(words)), frozen SmolLM2 hidden states, and a bag of words (its
+    vocabulary from the training folds' answers)."""
+    answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    vectors, causal = embed(answers), embed_causal(answers)
 
     def log_words(text: str) -> torch.Tensor:
         return torch.tensor([math.log(len(text.split()) + 1)])
@@ -169,6 +192,7 @@ def content_probe(pairs: list[PairRow], folds: int = 5, l2: float = 0.1, seed: i
     featurisers: dict[str, Callable[[list[PairRow]], Callable[[str], torch.Tensor]]] = {
         "embedding": lambda train: vectors.__getitem__,
         "embedding+log_words": lambda train: lambda t: torch.cat([vectors[t], log_words(t)]),
+        "smollm2_layer20": lambda train: causal.__getitem__,
         "bag_of_words": lambda train: bag_of_words([t for p in train for t in (p.chosen, p.rejected)]),
     }
     questions = sorted({p.group for p in pairs})
@@ -211,7 +235,7 @@ def main() -> None:
     judge_pairs = pairs[: args.judge_pairs]
     judge = evaluate_pairs(Judge(rubric="empathy", max_prompt_tokens=4096), judge_pairs) if judge_pairs else {}
 
-    log("ceiling check: linear models on frozen MiniLM embeddings, 5-fold by question ...")
+    log("ceiling check: linear models on frozen MiniLM and SmolLM2 features, 5-fold by question ...")
     probe = content_probe(pairs, seed=args.seed)
     log(json.dumps(probe))
 
