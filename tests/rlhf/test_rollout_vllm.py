@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.mark.slow
@@ -24,3 +26,16 @@ def test_vllm_rollout_logprobs_match_the_hf_mixture(tiny_model_dir) -> None:
     # vLLM holds the base: the worker keeps the experts and router only, no second copy of the base
     assert not result["rollout_has_base_weights"]
     assert result["rollout_params_in_memory"] == result["adapter_and_router_params"]
+
+
+def test_only_the_intended_fp32_to_bf16_load_warning_is_dropped() -> None:
+    from rlhf.rollout_vllm import is_intended_downcast
+
+    def record(*args: object) -> logging.LogRecord:
+        message = "Attempted to load weight %s with dtype %s into parameter with dtype %s"
+        return logging.LogRecord("vllm.model_executor.models.utils", logging.WARNING, "u.py", 1, message, args, None)
+
+    assert is_intended_downcast(record("layers.0.mlp.up_proj.weight", torch.float32, torch.bfloat16))
+    assert not is_intended_downcast(record("layers.0.mlp.up_proj.weight", torch.float16, torch.bfloat16))
+    other = logging.LogRecord("vllm", logging.WARNING, "x.py", 1, "something else %s", ("x",), None)
+    assert not is_intended_downcast(other)
