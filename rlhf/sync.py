@@ -11,6 +11,7 @@ quantised difference from what the rollouts already hold, with error feedback: l
 against it. The rounding error of one sync is part of the next difference, so after each sync the rollouts' fp32
 copy is within half a quantisation step of the learner's weights (max|difference sent| / 254 per group of 128 for
 int8, / 14 for int4) and the error never accumulates. (An engine that computes in bf16 rounds that copy again.)
+A group whose difference is exactly zero (an expert no batch has been routed to yet) costs one bit.
 """
 
 from __future__ import annotations
@@ -35,28 +36,51 @@ DELTA_GROUP = 128  # elements per quantisation scale: 4 bytes of scale per 128 v
 @dataclass(frozen=True)
 class QuantizedDelta:
     """A tensor difference in groups of ``DELTA_GROUP`` consecutive elements, each group as signed integers times
-    one fp32 scale: int8 in [-127, 127], or int4 in [-7, 7] packed two per byte."""
+    one fp32 scale: int8 in [-127, 127], or int4 in [-7, 7] packed two per byte. Groups whose difference is exactly
+    zero are not sent: with top-k routing an update trains only the experts its batch was routed to, and Adam
+    without weight decay leaves an expert that never had a gradient exactly where it was."""
 
-    codes: Tensor  # int8 (groups, 128), or uint8 (groups, 64) holding two int4 codes each
-    scales: Tensor  # fp32 (groups,)
+    codes: Tensor  # int8 (sent groups, 128), or uint8 (sent groups, 64) holding two int4 codes each
+    scales: Tensor  # fp32 (sent groups,)
     shape: tuple[int, ...]
     bits: int
+    sent: Tensor | None = None  # which groups were sent, one bit each (packed uint8); None = all of them
 
     @property
     def nbytes(self) -> int:
-        return self.codes.numel() * self.codes.element_size() + self.scales.numel() * self.scales.element_size()
+        parts = (self.codes, self.scales) if self.sent is None else (self.codes, self.scales, self.sent)
+        return sum(t.numel() * t.element_size() for t in parts)
 
     def decode(self) -> Tensor:
-        """codes * scale, fp32, in the original shape."""
+        """codes * scale, fp32, in the original shape (0 in the groups not sent)."""
         codes = self.codes.to(torch.int16)
         if self.bits == 4:  # low nibble first; stored with +8 so both nibbles are unsigned
             codes = torch.stack((codes & 0xF, codes >> 4), dim=-1).flatten(-2) - 8
         values = codes.float() * self.scales[:, None]
-        return values.flatten()[: _numel(self.shape)].view(self.shape)
+        numel = _numel(self.shape)
+        if self.sent is not None:
+            every = values.new_zeros(-(-numel // DELTA_GROUP), DELTA_GROUP)
+            every[unpack_bits(self.sent, len(every))] = values
+            values = every
+        return values.flatten()[:numel].view(self.shape)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
     return int(torch.Size(shape).numel())
+
+
+_BIT_VALUES = 2 ** torch.arange(8, dtype=torch.int32)
+
+
+def pack_bits(mask: Tensor) -> Tensor:
+    """bool (n,) -> uint8 (ceil(n / 8),): element i is bit i % 8 of byte i // 8."""
+    padded = F.pad(mask.to(torch.int32), (0, (-mask.numel()) % 8)).view(-1, 8)
+    return (padded * _BIT_VALUES).sum(1).to(torch.uint8)
+
+
+def unpack_bits(packed: Tensor, n: int) -> Tensor:
+    """``pack_bits``'s inverse: the first ``n`` bits as bool (n,)."""
+    return ((packed.to(torch.int32)[:, None] // _BIT_VALUES) % 2).flatten()[:n].bool()
 
 
 def quantize_delta(delta: Tensor, bits: int, name: str = "delta") -> QuantizedDelta:
@@ -71,11 +95,15 @@ def quantize_delta(delta: Tensor, bits: int, name: str = "delta") -> QuantizedDe
     groups = F.pad(flat, (0, (-flat.numel()) % DELTA_GROUP)).view(-1, DELTA_GROUP)
     levels = 2 ** (bits - 1) - 1
     scales = groups.abs().amax(dim=1) / levels
-    codes = torch.round(groups / torch.where(scales > 0, scales, 1.0)[:, None]).clamp_(-levels, levels)
+    nonzero = scales > 0
+    sent = None if bool(nonzero.all()) else pack_bits(nonzero)
+    if sent is not None:  # an all-zero group decodes to zeros without being sent
+        groups, scales = groups[nonzero], scales[nonzero]
+    codes = torch.round(groups / scales[:, None]).clamp_(-levels, levels)
     if bits == 8:
-        return QuantizedDelta(codes.to(torch.int8), scales, tuple(delta.shape), bits)
-    nibbles = (codes + 8).to(torch.uint8).view(len(groups), -1, 2)
-    return QuantizedDelta(nibbles[..., 0] | (nibbles[..., 1] << 4), scales, tuple(delta.shape), bits)
+        return QuantizedDelta(codes.to(torch.int8), scales, tuple(delta.shape), bits, sent)
+    nibbles = (codes + 8).to(torch.uint8).view(len(groups), DELTA_GROUP // 2, 2)
+    return QuantizedDelta(nibbles[..., 0] | (nibbles[..., 1] << 4), scales, tuple(delta.shape), bits, sent)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ from rlhf.sync import (
     delta_snapshot,
     held_snapshot,
     load_snapshot,
+    pack_bits,
     quantize_delta,
     snapshot,
+    unpack_bits,
 )
 from tests.conftest import randomize_experts
 
@@ -113,8 +115,25 @@ def test_quantize_delta_error_bound(bits: int) -> None:
     delta[:DELTA_GROUP] = 0
     q = quantize_delta(delta, bits)
     error = (q.decode() - delta).abs()
-    bound = torch.repeat_interleave(q.scales / 2, DELTA_GROUP)[: delta.numel()]
+    scales = torch.cat([torch.zeros(1), q.scales])  # the all-zero first group is not sent
+    bound = torch.repeat_interleave(scales / 2, DELTA_GROUP)[: delta.numel()]
     assert (error <= bound * (1 + 1e-5)).all() and error[:DELTA_GROUP].sum() == 0
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_all_zero_groups_are_not_sent(bits: int) -> None:
+    """An expert no batch was routed to has an exactly-zero difference: its groups cost one bit each."""
+    delta = torch.randn(5, DELTA_GROUP)
+    delta[[1, 3]] = 0
+    q = quantize_delta(delta, bits)
+    assert len(q.codes) == 3 and len(q.scales) == 3 and q.sent.tolist() == [0b10101]
+    assert q.nbytes == 3 * DELTA_GROUP * bits // 8 + 3 * 4 + 1
+    dense = quantize_delta(delta + torch.where(delta == 0, 1e-30, 0.0), bits).decode()  # every group sent
+    assert torch.equal(q.decode(), torch.where(delta == 0, 0.0, dense))
+    nothing = quantize_delta(torch.zeros(3, 100), bits)
+    assert nothing.codes.numel() == 0 and nothing.nbytes == 1 and torch.equal(nothing.decode(), torch.zeros(3, 100))
+    mask = torch.rand(77) > 0.5
+    assert torch.equal(unpack_bits(pack_bits(mask), 77), mask)
 
 
 def test_a_non_finite_delta_is_an_error_naming_the_tensor() -> None:
