@@ -75,12 +75,12 @@ _BIT_VALUES = 2 ** torch.arange(8, dtype=torch.int32)
 def pack_bits(mask: Tensor) -> Tensor:
     """bool (n,) -> uint8 (ceil(n / 8),): element i is bit i % 8 of byte i // 8."""
     padded = F.pad(mask.to(torch.int32), (0, (-mask.numel()) % 8)).view(-1, 8)
-    return (padded * _BIT_VALUES).sum(1).to(torch.uint8)
+    return (padded * _BIT_VALUES.to(padded.device)).sum(1).to(torch.uint8)
 
 
 def unpack_bits(packed: Tensor, n: int) -> Tensor:
     """``pack_bits``'s inverse: the first ``n`` bits as bool (n,)."""
-    return ((packed.to(torch.int32)[:, None] // _BIT_VALUES) % 2).flatten()[:n].bool()
+    return ((packed.to(torch.int32)[:, None] // _BIT_VALUES.to(packed.device)) % 2).flatten()[:n].bool()
 
 
 def quantize_delta(delta: Tensor, bits: int, name: str = "delta") -> QuantizedDelta:
