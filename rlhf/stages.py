@@ -96,16 +96,16 @@ def rewards_and_scores(
     reward_ref, score_refs = _request_rewards(actors, batch), _request_scores(actors, batch)
     stage_of = {reward_ref: "reward", **{ref: "ref" for ref in score_refs}}
     left = {"reward": 1, "ref": len(score_refs)}
-    pending = list(stage_of)
+    results, pending = {}, list(stage_of)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        ray.get(done)  # a failed stage raises here, as soon as it ends
+        results[done[0]] = ray.get(done[0])  # a failed stage raises here, as soon as it ends
         stage = stage_of[done[0]]
         left[stage] -= 1
         if not left[stage]:
             timings[f"timing/{stage}"] = time.perf_counter() - start
-    _fill_scores(batch, ray.get(score_refs))
-    scored = ray.get(reward_ref)
+    _fill_scores(batch, [results[ref] for ref in score_refs])
+    scored = results[reward_ref]
     batch.rewards = scored.rewards
     return scored
 
