@@ -85,6 +85,22 @@ class RolloutBatch:
         moved = {f.name: v.to(device) for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
         return replace(self, **moved)
 
+    def state(self) -> tuple[dict[str, Tensor], dict[str, list]]:
+        """(tensor fields, list fields) for a checkpoint (safetensors + JSON); fields that are None are left out."""
+        tensors, lists = {}, {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                tensors[f.name] = value.contiguous()
+            elif isinstance(value, list):
+                lists[f.name] = value
+        return tensors, lists
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, Tensor], lists: dict[str, list]) -> RolloutBatch:
+        """``state``'s inverse."""
+        return cls(**tensors, **lists)
+
     def shards(self, n: int) -> list[RolloutBatch]:
         """n contiguous, equal shards (the config guarantees divisibility)."""
         size = len(self) // n

@@ -78,6 +78,13 @@ class RolloutConfig(FrozenConfig):
         "the rollouts hold, with error feedback (rlhf/sync.py): int8 is half of bf16's bytes and its fp32 copy "
         "stays closer to the learner's weights than a bf16 copy; int4 a quarter, lossier than bf16.",
     )
+    one_step_off_policy: bool = Field(
+        False,
+        description="Sample step t+1's replies while the learners score and update on step t's: sampling hides "
+        "behind the update, and the replies come from weights one update older than the learner's "
+        "(algorithm.rollout_correction weights for that). For rollouts and learners on their own GPUs; on shared "
+        "CPU cores the two compete for the same cores.",
+    )
 
     @model_validator(mode="after")
     def _gpu_share_fits(self) -> RolloutConfig:
@@ -119,6 +126,20 @@ class PoleAnchorConfig(FrozenConfig):
         return self
 
 
+class RolloutCorrectionConfig(FrozenConfig):
+    """Weights each token's policy loss by pi_old / pi_rollout, bounded (rlhf/rollout_correction.py): corrects for
+    the rollout engine sampling from a slightly different policy than the learner's (bf16 kernels, a bf16 copy)."""
+
+    level: Literal["none", "token", "sequence"] = Field(
+        "token", description="One ratio per token, one per reply (the product of its tokens'), or no correction."
+    )
+    mode: Literal["truncate", "mask"] = Field(
+        "truncate", description="Outside [clip_min, clip_max]: clamp the ratio (TIS), or drop the token/reply (MIS)."
+    )
+    clip_max: float = Field(2.0, gt=1, description="Upper bound C_max on the ratio (Yao et al. 2025 use 2).")
+    clip_min: float | None = Field(None, gt=0, lt=1, description="Lower bound C_min on the ratio, or null (0).")
+
+
 class AlgorithmConfig(FrozenConfig):
     name: Literal["grpo", "ppo"] = Field("grpo", description="grpo (group advantages) or ppo (critic + GAE).")
     scale_by_std: bool = Field(True, description="GRPO: divide by the group std (false = Dr.GRPO).")
@@ -138,6 +159,10 @@ class AlgorithmConfig(FrozenConfig):
         "token-mean", description="How the per-token loss becomes a scalar."
     )
     kl: KLConfig = Field(default_factory=KLConfig, description="KL to the reference (adapters off).")
+    rollout_correction: RolloutCorrectionConfig = Field(
+        default_factory=RolloutCorrectionConfig,
+        description="Importance weights pi_old / pi_rollout on the policy loss (the rollout engine's numerics).",
+    )
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
     minibatches: int = Field(1, ge=1, description="Optimizer steps per epoch.")
     gamma: float = Field(1.0, ge=0, le=1, description="PPO: discount.")

@@ -31,6 +31,7 @@ from rlhf.masked import masked_mean
 from rlhf.pole_anchor import PersonaData, PoleAnchor
 from rlhf.policy_loss import logprobs_and_entropy, policy_loss, value_loss
 from rlhf.prompts import PromptRecord
+from rlhf.rollout_correction import mismatch_kl, rollout_is_weights
 from rlhf.router_losses import router_anchor_kl
 from rlhf.sync import DELTA_BITS, AdapterState, SyncedAdapters, delta_snapshot, held_snapshot, snapshot
 
@@ -184,11 +185,11 @@ class Learner:
 
     @staticmethod
     def features(mb: RolloutBatch) -> Tensor:
-        """The router's input for these rows, as the route stage computed it (``stages.generate`` attaches it)."""
+        """The router's input for these rows, as the route stage computed it (``stages.Generation.wait`` sets it)."""
         if mb.situation_features is None:
             raise ValueError(
                 "the batch carries no situation_features: the update routes from the route stage's features "
-                "(stages.generate attaches them; a hand-built batch must set them)"
+                "(stages.Generation.wait attaches them; a hand-built batch must set them)"
             )
         return mb.situation_features
 
@@ -284,10 +285,20 @@ class Learner:
                 with_hidden=self.critic is not None, groups=self.prompt_groups(mb),
             )  # fmt: skip  # (b, T, V), (b, T, H)
         logprobs, entropy = logprobs_and_entropy(logits, mb.response_ids, entropy_grad=algo.entropy_coef > 0)
+        old_logprobs = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs
         per_token, metrics = policy_loss(
-            logprobs, logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs, mb.advantages, mask,
+            logprobs, old_logprobs, mb.advantages, mask,
             clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
         )  # fmt: skip
+        correction = algo.rollout_correction
+        if correction.level != "none":  # the sampler's policy is not exactly pi_old: weight by their ratio
+            is_weights, is_metrics = rollout_is_weights(
+                old_logprobs, mb.rollout_logprobs, mask, level=correction.level, mode=correction.mode,
+                clip_max=correction.clip_max, clip_min=correction.clip_min,
+            )  # fmt: skip
+            per_token = per_token * is_weights
+        else:  # still log how far the engine is from the learner
+            is_metrics = {"rollout_is/mismatch_kl": mismatch_kl(old_logprobs, mb.rollout_logprobs, mask)}
         kl = self.kl_estimator(logprobs, mb.ref_logprobs)  # (b, T)
         if algo.kl.placement == "loss":
             per_token = per_token + algo.kl.coef * kl
@@ -325,6 +336,7 @@ class Learner:
             "clip_frac": metrics["actor/clip_frac"],
             "router/aux_loss": routed.aux_loss,
             "router/replayed_selection": replayed,  # rows whose own top-k differed from the rollout's
+            **is_metrics,
             **({"router/anchor_kl": anchor_kl} if anchor_kl is not None else {}),
             **({"pole_anchor/loss": anchor} if anchor is not None else {}),
             **critic_metrics,

@@ -1,8 +1,9 @@
-"""Ray actor around RolloutWorker: each method is a one-line delegation."""
+"""Ray actor around RolloutWorker: each method delegates (generate also times itself)."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import ray
 import torch
@@ -32,5 +33,7 @@ class RolloutActor:
 
     def generate(
         self, records: list[PromptRecord], weights: Tensor, group_offset: int, version: int, seed: int
-    ) -> RolloutBatch:
-        return self.worker.generate(records, weights, group_offset, version, seed)
+    ) -> tuple[RolloutBatch, float]:
+        """The worker's batch and how long it took here (the driver may be busy elsewhere while it samples)."""
+        start = time.perf_counter()
+        return self.worker.generate(records, weights, group_offset, version, seed), time.perf_counter() - start

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import ray
 import torch
@@ -26,7 +27,8 @@ from rlhf.prompts import PromptRecord
 def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
-    timings[f"timing/{stage}"] = time.perf_counter() - start
+    key = f"timing/{stage}"
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - start  # a stage run twice in a step adds up
 
 
 def set_pole_anchor(actors: ActorGroups, data: PersonaData) -> None:
@@ -49,22 +51,42 @@ def route(actors: ActorGroups, records: list[PromptRecord]) -> RoutedPrompts:
     return RoutedPrompts.cat(ray.get(futures))
 
 
-def generate(
-    actors: ActorGroups, records: list[PromptRecord], routed: RoutedPrompts, version: int, seed: int
-) -> RolloutBatch:
-    """Splits the prompts and their routing weights over the rollout actors; group ids stay global, and so do the
-    sampling seeds derived from them (rollout.prompt_seeds). The batch carries the router's features for its
-    rows, so the update routes again without another forward over the prompts."""
+@dataclass
+class Generation:
+    """One step's replies: being sampled by the rollout actors (Ray futures), or already in hand (a resumed run's)."""
+
+    version: int  # the adapter weights they are sampled with
+    features: torch.Tensor | None  # (N, d) what the router read for each prompt
+    refs: list[ray.ObjectRef] = field(default_factory=list)
+    done: tuple[RolloutBatch, float] | None = None
+
+    def wait(self) -> tuple[RolloutBatch, float]:
+        """(the batch, the slowest rollout actor's own sampling seconds); blocks until every actor has answered."""
+        if self.done is None:
+            parts = ray.get(self.refs)
+            batch = concat([part for part, _ in parts])
+            batch.situation_features = self.features[batch.group_ids]
+            self.done = batch, max(seconds for _, seconds in parts)
+        return self.done
+
+
+def sample(
+    actors: ActorGroups, records: list[PromptRecord], version: int, seed: int, timings: dict[str, float]
+) -> Generation:
+    """Routes the prompts on the learners (timed as ``route``), then starts sampling them on the rollout actors
+    with weights ``version`` and returns without waiting. The prompts and their routing weights are split over
+    the actors; group ids stay global, and so do the sampling seeds derived from them (rollout.prompt_seeds). The
+    batch carries the router's features for its rows, so the update routes again without another forward."""
+    with timed(timings, "route"):
+        routed = route(actors, records)
     weights, share = routed.weights, len(records) // len(actors.rollouts)
-    futures = [
+    refs = [
         actor.generate.remote(
             records[i * share : (i + 1) * share], weights[i * share : (i + 1) * share], i * share, version, seed
         )
         for i, actor in enumerate(actors.rollouts)
     ]
-    batch = concat(ray.get(futures))
-    batch.situation_features = routed.features[batch.group_ids]
-    return batch
+    return Generation(version, routed.features, refs)
 
 
 def rewards(actors: ActorGroups, batch: RolloutBatch) -> ComposedRewards:

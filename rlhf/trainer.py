@@ -2,6 +2,9 @@
 
 prompts -> route (learners) -> sample (rollout actors) -> rewards + safety (reward actor) -> old/ref log-probs
 (learners) -> advantages (driver) -> update (learners) -> sync adapters to rollouts -> log -> checkpoint
+
+With rollout.one_step_off_policy the next step's prompts are routed and sampled right after this step's replies
+arrive, so sampling runs while the learners score and update; those replies then come from weights one update old.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import time
 from pathlib import Path
 
 import ray
+from safetensors.torch import load_file, save_file
 
 from policies.atomic_io import atomic_dir, atomic_write_text
 from rewards.compose import preflight
 from rlhf import learner_state, stages
+from rlhf.batch import RolloutBatch
 from rlhf.config import JobConfig
 from rlhf.placement import ActorGroups, create_actors, release, start_ray
 from rlhf.pole_anchor import load_persona_data
@@ -23,6 +28,7 @@ from rlhf.tracking import Tracker
 from rlhf.transfer import read_folder, write_folder
 
 CHECKPOINTS = "checkpoints"
+PENDING = "next_rollouts"  # a checkpoint's already-sampled next batch (rollout.one_step_off_policy)
 
 
 def checkpoint_steps(run_dir: Path) -> list[tuple[int, Path]]:
@@ -85,27 +91,44 @@ def prepare_run_dir(cfg: JobConfig, resuming: bool) -> Path:
     return run_dir
 
 
-def save_checkpoint(actors: ActorGroups, run_dir: Path, step: int, state: dict) -> Path:
+def save_checkpoint(
+    actors: ActorGroups, run_dir: Path, step: int, state: dict, pending: stages.Generation | None = None
+) -> Path:
     """checkpoints/step_N/, written atomically: policy/ (PEFT experts + router), learner/ (each rank's optimizer,
-    scheduler, critic, RNG; see learner_state.py) and trainer_state.json (step, version, data cursor, rewards)."""
+    scheduler, critic, RNG; see learner_state.py), trainer_state.json (step, version, data cursor, rewards) and,
+    one step off policy, the next step's replies (already sampled with older weights than the checkpoint's)."""
     target = run_dir / CHECKPOINTS / f"step_{step}"
     with atomic_dir(target) as tmp:
         write_folder(tmp / "policy", ray.get(actors.learners[0].policy_files.remote()))
         for rank, (tensors, document) in enumerate(ray.get([lr.training_state.remote() for lr in actors.learners])):
             learner_state.save(tmp / "learner", rank, tensors, document)
+        if pending is not None:
+            batch, seconds = pending.wait()
+            tensors, lists = batch.state()
+            save_file(tensors, str(tmp / f"{PENDING}.safetensors"))
+            meta = {"version": pending.version, "seconds": seconds, "lists": lists}
+            (tmp / f"{PENDING}.json").write_text(json.dumps(meta))
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     return target
 
 
-def restore_checkpoint(actors: ActorGroups, checkpoint: Path, stream: PromptStream) -> tuple[int, int]:
-    """Loads a checkpoint into learners, data stream and reward statistics. Returns (step, weight version)."""
+def restore_checkpoint(
+    actors: ActorGroups, checkpoint: Path, stream: PromptStream
+) -> tuple[int, int, stages.Generation | None]:
+    """Loads a checkpoint into learners, data stream and reward statistics. Returns (step, weight version, the
+    next step's replies when the run samples one step off policy)."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     saved = [learner_state.load(checkpoint / "learner", rank) for rank in range(len(actors.learners))]
     policy = ray.put(read_folder(checkpoint / "policy"))  # learners on other nodes cannot read the driver's disk
     ray.get([lr.load_training_state.remote(policy, *s) for lr, s in zip(actors.learners, saved, strict=True)])
     stream.load_state_dict(state["data"])
     ray.get(actors.reward.load_state_dict.remote(state["rewards"]))
-    return state["step"], state["version"]
+    pending = None
+    if (checkpoint / f"{PENDING}.json").is_file():
+        meta = json.loads((checkpoint / f"{PENDING}.json").read_text())
+        batch = RolloutBatch.from_state(load_file(str(checkpoint / f"{PENDING}.safetensors")), meta["lists"])
+        pending = stages.Generation(meta["version"], None, done=(batch, meta["seconds"]))
+    return state["step"], state["version"], pending
 
 
 def first_sync(actors: ActorGroups, expected_version: int) -> dict[str, float]:
@@ -118,6 +141,11 @@ def first_sync(actors: ActorGroups, expected_version: int) -> dict[str, float]:
     if version != expected_version:
         raise RuntimeError(f"learners hold weights v{version}, the run expects v{expected_version}")
     return {"sync/full_bytes": float(nbytes), "sync/full_seconds": time.perf_counter() - start}
+
+
+def step_seed(cfg: JobConfig, step: int) -> int:
+    """The sampling seed of a step (every rollout actor spreads it over its prompts: rollout.prompt_seeds)."""
+    return cfg.run.seed * 100_003 + step
 
 
 def fit(cfg: JobConfig, resume: str | None = None) -> Path:
@@ -137,9 +165,9 @@ def fit(cfg: JobConfig, resume: str | None = None) -> Path:
     try:
         if persona_data is not None:
             stages.set_pole_anchor(actors, persona_data)
-        start, version = restore_checkpoint(actors, checkpoint, stream) if checkpoint else (0, 0)
+        start, version, pending = restore_checkpoint(actors, checkpoint, stream) if checkpoint else (0, 0, None)
         startup = first_sync(actors, version)
-        train(cfg, actors, stream, run_dir, start, version, startup)
+        train(cfg, actors, stream, run_dir, start, version, startup, pending)
     finally:
         release(actors)
     return run_dir
@@ -153,9 +181,11 @@ def train(
     start: int = 0,
     version: int = 0,
     startup: dict[str, float] | None = None,
+    pending: stages.Generation | None = None,
 ) -> None:
     """The RL loop, one stage per block, from step ``start + 1`` with rollouts holding weights ``version``;
-    ``startup`` metrics (the first sync) are logged with the first step."""
+    ``startup`` metrics (the first sync) are logged with the first step; ``pending``: a resumed run's next
+    replies, sampled one step off policy before its checkpoint."""
     experts = cfg.policy.experts
     tracker = Tracker(run_dir, cfg.run.steps, experts, start_step=start)
     try:
@@ -163,12 +193,16 @@ def train(
             timings: dict[str, float] = {}
             step_start = time.perf_counter()
 
-            # 1. route the prompts on the learners, sample G replies per prompt with that persona mixture
-            records = stream.next_batch()
-            with stages.timed(timings, "route"):
-                routed = stages.route(actors, records)
-            with stages.timed(timings, "gen"):
-                batch = stages.generate(actors, records, routed, version, seed=cfg.run.seed * 100_003 + step)
+            # 1. route the prompts on the learners, sample G replies per prompt with that persona mixture; one step
+            #    off policy, this step's replies were sampled during the last update, and the next step's start now
+            #    (also after the last step, so that a checkpoint is the same whatever run.steps is)
+            if pending is None:
+                pending = stages.sample(actors, stream.next_batch(), version, step_seed(cfg, step), timings)
+            with stages.timed(timings, "gen_wait"):
+                batch, timings["timing/gen"] = pending.wait()
+            lag, pending = version - pending.version, None
+            if cfg.rollout.one_step_off_policy:
+                pending = stages.sample(actors, stream.next_batch(), version, step_seed(cfg, step + 1), timings)
 
             # 2. social-emotional rewards minus safety penalties (reward actor), every component kept for the log;
             # 3. pi_old (current router + experts), pi_ref (adapters off) and PPO's values, on the learners; 2 and 3
@@ -183,7 +217,10 @@ def train(
             with stages.timed(timings, "update"):
                 learner_metrics = stages.update(actors, batch, cfg)
 
-            # 6. push the new adapters (not the base) to the rollout actors
+            # 6. push the new adapters (not the base) to the rollout actors, after the replies they are sampling
+            if pending is not None:
+                with stages.timed(timings, "gen_wait"):
+                    pending.wait()
             with stages.timed(timings, "sync"):
                 version, sync_bytes = stages.sync_weights(actors)
 
@@ -192,6 +229,7 @@ def train(
                 **stages.rollout_metrics(batch, experts, timings["timing/gen"]),
                 **{key: value.mean().item() for key, value in scored.components.items()},
                 **learner_metrics,
+                "rollout/version_lag": float(lag),  # updates between the sampling weights and the learner's
                 "sync/bytes": float(sync_bytes),
                 "sync/seconds": timings["timing/sync"],
                 **timings,
@@ -206,7 +244,7 @@ def train(
                     "data": stream.state_dict(),
                     "rewards": ray.get(actors.reward.state_dict.remote()),
                 }
-                save_checkpoint(actors, run_dir, step, state)
+                save_checkpoint(actors, run_dir, step, state, pending)
         with atomic_dir(run_dir / "policy") as tmp:
             write_folder(tmp, ray.get(actors.learners[0].policy_files.remote()))
     finally:

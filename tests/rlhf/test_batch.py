@@ -75,3 +75,24 @@ def test_trimmed_rows_score_as_the_padded_ones(tiny_policy) -> None:
         full = tiny_policy.ref_logprobs(wide.input_ids, wide.attention_mask, wide.response_len)
         cut = tiny_policy.ref_logprobs(narrow.input_ids, narrow.attention_mask, narrow.response_len)
     torch.testing.assert_close(cut * narrow.response_mask, full[:, :4] * narrow.response_mask, atol=1e-5, rtol=1e-5)
+
+
+def test_state_round_trips_through_safetensors_and_json(tmp_path) -> None:
+    """A checkpoint's pending batch: every tensor and list field comes back; fields left None stay None."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    batch = make_batch(2, 3, 4)
+    batch.situation_features = torch.randn(2, 5)
+    batch.prompts, batch.categories = ["p0", "p1"], ["grief", None]
+    tensors, lists = batch.state()
+    save_file(tensors, str(tmp_path / "b.safetensors"))
+    (tmp_path / "b.json").write_text(json.dumps(lists))
+    back = RolloutBatch.from_state(
+        load_file(str(tmp_path / "b.safetensors")), json.loads((tmp_path / "b.json").read_text())
+    )
+    for name, value in tensors.items():
+        assert torch.equal(getattr(back, name), value), name
+    assert back.completions == batch.completions and back.categories == ["grief", None]
+    assert back.old_logprobs is None and back.rewards is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import ray
 import torch
 
@@ -34,7 +35,7 @@ def sample_batch(overrides: list[str]):
     records = load_prompts("builtin")[:2]
     routed = route_records(worker.policy, records, cfg.data.max_prompt_tokens)
     batch = worker.generate(records, routed.weights, 0, 0, seed=0)
-    batch.situation_features = routed.features[batch.group_ids]  # as stages.generate attaches them
+    batch.situation_features = routed.features[batch.group_ids]  # as stages.Generation.wait attaches them
     batch.rewards = torch.tensor([1.0, 0.2, -0.5, 0.3, 0.0, 1.0, 0.5, -1.0])
     return batch
 
@@ -270,3 +271,26 @@ def test_learner_replays_the_rollouts_expert_selection(ray_local, tiny_model_dir
 
     for state, routing in ((s_own, batch.routing_weights), (s_moved, moved.routing_weights)):
         assert trained(state) == set((routing > 0).any(0).nonzero().flatten().tolist())
+
+
+def test_rollout_correction_weights_the_policy_loss(ray_local, tiny_model_dir) -> None:
+    """The learner weights each token's policy loss by pi_old / pi_rollout: an engine that rated every sampled token
+    far below the learner (rho >> 2) doubles the loss under truncation at 2, and under masking drops every token, so
+    the loss is 0 and no adapter moves. Without correction the engine's log-probs do not enter the loss."""
+    overrides = tiny_overrides(tiny_model_dir, "algorithm.kl.coef=0.0")
+    batch = sample_batch(overrides)
+    underrated = batch.select(slice(None))
+    underrated.rollout_logprobs = batch.rollout_logprobs - 50.0 * batch.response_mask
+
+    def run(batch, *correction: str):
+        return one_step(load_config(None, [*overrides, *correction]), batch)
+
+    off, _, _ = run(underrated, "algorithm.rollout_correction.level=none")
+    truncated, _, _ = run(underrated)  # the default: token level, truncate at 2
+    masked, _, s_masked = run(underrated, "algorithm.rollout_correction.mode=mask")
+
+    assert off["rollout_is/mismatch_kl"] > 40  # logged without correction too
+    assert truncated["rollout_is/bounded_frac"] == 1.0 and truncated["rollout_is/weight_mean"] == pytest.approx(2.0)
+    assert truncated["loss"] == pytest.approx(2 * off["loss"], rel=1e-5)
+    assert masked["loss"] == 0.0 and masked["rollout_is/weight_mean"] == 0.0
+    assert all(not t.any() for name, t in s_masked.tensors.items() if name.endswith(".lora_B"))  # fresh B stays 0

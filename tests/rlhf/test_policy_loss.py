@@ -16,6 +16,7 @@ import torch
 from policies.policy import token_logprobs
 from rlhf.aggregation import aggregate
 from rlhf.policy_loss import entropy_from_logits, logprobs_and_entropy, policy_loss, value_loss
+from rlhf.rollout_correction import rollout_is_weights
 
 NAN = float("nan")
 
@@ -114,6 +115,7 @@ def trl_compute_loss() -> Callable[..., tuple[torch.Tensor, dict]]:
         mask: torch.Tensor,  # (B, T)
         num_items_in_batch: float,
         num_processes: int = 1,
+        importance_sampling_ratio: torch.Tensor | None = None,  # (B, T): TRL's vLLM correction, applied in the loss
     ) -> tuple[torch.Tensor, dict]:
         B, T = logprobs.shape
         fake = types.SimpleNamespace(
@@ -126,8 +128,8 @@ def trl_compute_loss() -> Callable[..., tuple[torch.Tensor, dict]]:
             top_entropy_quantile=1.0,
             off_policy_mask_threshold=None,
             aux_loss_enabled=False,
-            use_vllm=False,
-            vllm_importance_sampling_correction=False,
+            use_vllm=importance_sampling_ratio is not None,
+            vllm_importance_sampling_correction=importance_sampling_ratio is not None,
             _entropy_bonus_enabled=False,
             current_gradient_accumulation_steps=1,
             model=types.SimpleNamespace(training=True),
@@ -150,6 +152,8 @@ def trl_compute_loss() -> Callable[..., tuple[torch.Tensor, dict]]:
             "old_per_token_logps": old_logprobs,
             "num_items_in_batch": torch.tensor(float(num_items_in_batch)),
         }
+        if importance_sampling_ratio is not None:
+            inputs["importance_sampling_ratio"] = importance_sampling_ratio
         loss = grpo_trainer.GRPOTrainer._compute_loss.__get__(fake)(None, inputs)
         return loss, {key: values[0] for key, values in fake._metrics["train"].items()}
 
@@ -247,3 +251,28 @@ def test_logprobs_and_entropy_backward_is_the_analytic_gradient(entropy_grad: bo
     reference = reference + (w_h * entropy_from_logits(logits)).sum() * entropy_grad
     (expected,) = torch.autograd.grad(reference, logits)
     torch.testing.assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_rollout_correction_matches_trl_vllm_importance_sampling(loss_type: str, trl_compute_loss: Callable) -> None:
+    """TRL's token_truncate correction (cap 2) on the same tensors: its ratio clamp(exp(old - sampling), max=2)
+    multiplies the per-token loss before the reduction, as ours does (rlhf/rollout_correction.py)."""
+    logprobs, old_logprobs, advantages, mask = _random_batch(1)
+    sampling = old_logprobs + torch.randn(old_logprobs.shape, generator=torch.Generator().manual_seed(2)).double()
+    trl_ratio = torch.exp((old_logprobs - sampling) * mask).clamp(max=2.0)  # TRL's own formula, token_truncate
+    trl_logprobs = logprobs.clone().requires_grad_(True)
+    trl_loss, _ = trl_compute_loss(
+        loss_type, trl_logprobs, old_logprobs, advantages, mask, float(mask.sum()), importance_sampling_ratio=trl_ratio
+    )
+    weights, metrics = rollout_is_weights(old_logprobs, sampling, mask, level="token", mode="truncate", clip_max=2.0)
+    assert 0 < metrics["rollout_is/bounded_frac"].item() < 1  # both sides of the cap exercised
+    ours_logprobs = logprobs.clone().requires_grad_(True)
+    per_token, _ = policy_loss(
+        ours_logprobs, old_logprobs, advantages.unsqueeze(1), mask, clip_low=EPS_LOW, clip_high=EPS_HIGH
+    )
+    agg = {"global_tokens": float(mask.sum())} if loss_type == "dapo" else {}
+    our_loss = aggregate(per_token * weights, mask, mode=TRL_TO_MODE[loss_type], max_response_len=MAX_LEN, **agg)
+    torch.testing.assert_close(our_loss, trl_loss, rtol=1e-12, atol=1e-12)
+    trl_loss.backward()
+    our_loss.backward()
+    torch.testing.assert_close(ours_logprobs.grad, trl_logprobs.grad, rtol=1e-12, atol=1e-12)

@@ -21,8 +21,8 @@ def test_rollout_actor_generates_and_refuses_stale_versions(ray_local, tiny_mode
     with pytest.raises(ray.exceptions.RayTaskError, match="no adapter weights yet"):
         ray.get(actor.generate.remote(records, weights, 0, 0, 1))
     assert ray.get(actor.set_weights.remote(snapshot(policy, version=0))) == 0
-    batch = ray.get(actor.generate.remote(records, weights, 0, 0, 1))
-    assert batch.response_ids.shape == (4, 4) and len(batch.completions) == 4
+    batch, seconds = ray.get(actor.generate.remote(records, weights, 0, 0, 1))
+    assert batch.response_ids.shape == (4, 4) and len(batch.completions) == 4 and seconds > 0
     with pytest.raises(ray.exceptions.RayTaskError, match="rollout holds v0"):
         ray.get(actor.generate.remote(records, weights, 0, 3, 1))
     ray.kill(actor)

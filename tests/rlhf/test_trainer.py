@@ -93,9 +93,15 @@ STEP_METRICS = ("reward/mean", "loss", "kl", "entropy", "clip_frac", "response_l
 
 
 @pytest.mark.slow
-def test_resume_is_exact(ray_local, tiny_model_dir, tmp_path) -> None:
-    """4 straight steps == 2 steps + --resume + 2 steps: optimizer, scheduler, data cursor and rewards all restored."""
-    common = ["rewards.components=[{name: chars_for_tests, weight: 1}]", "learner.warmup_steps=3"]
+@pytest.mark.parametrize("off_policy", [False, True])
+def test_resume_is_exact(ray_local, tiny_model_dir, tmp_path, off_policy) -> None:
+    """4 straight steps == 2 steps + --resume + 2 steps: optimizer, scheduler, data cursor and rewards all restored.
+    One step off policy, each step after the first learns from replies sampled with the weights before the last
+    update, and the checkpoint carries the next step's replies, sampled before it was written."""
+    common = [
+        "rewards.components=[{name: chars_for_tests, weight: 1}]", "learner.warmup_steps=3",
+        f"rollout.one_step_off_policy={off_policy}",
+    ]  # fmt: skip
     straight = fit(load_config("configs/tiny_test.yaml", tiny_job_overrides(
         tiny_model_dir, tmp_path, "run.name=straight", "run.steps=4", *common
     )))  # fmt: skip
@@ -113,6 +119,8 @@ def test_resume_is_exact(ray_local, tiny_model_dir, tmp_path) -> None:
         for key in (*STEP_METRICS, "lr/experts", "lr/router"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (ra["step"], key)
     assert a[3]["lr/experts"] != a[1]["lr/experts"]  # warm-up moved the LR, so the scheduler state mattered
+    assert [r["rollout/version_lag"] for r in b] == ([0, 1, 1, 1] if off_policy else [0, 0, 0, 0])
+    assert (tmp_path / "split/checkpoints/step_2/next_rollouts.safetensors").exists() == off_policy
     final = [load_file(str(d / "policy/router.safetensors")) for d in (straight, resumed)]
     for key in final[0]:
         torch.testing.assert_close(final[1][key], final[0][key], rtol=1e-4, atol=1e-6)
