@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -87,17 +88,25 @@ def load_situations(path: str | Path = "builtin", split: str | None = None) -> l
     return [s for s in rows if split is None or s.split == split]
 
 
-def spread_over_categories(situations: list[Situation], n: int | None) -> list[Situation]:
-    """The first ``n`` situations taken in turn from each category (categories in order of first appearance, each
-    in file order), so a small subset covers every category instead of the file's first one; None (or n >= len):
-    all, in file order."""
+class _Categorised(Protocol):
+    @property
+    def category(self) -> str | None: ...
+
+
+Item = TypeVar("Item", bound=_Categorised)
+
+
+def spread_over_categories(situations: list[Item], n: int | None) -> list[Item]:
+    """The first ``n`` situations (or prompt records) taken in turn from each category (categories in order of
+    first appearance, each in file order), so a small subset covers every category instead of the file's first
+    one; None (or n >= len): all, in file order."""
     if n is None or n >= len(situations):
         return list(situations)
-    by_category: dict[str, list[Situation]] = {}
+    by_category: dict[str | None, list[Item]] = {}
     for s in situations:
         by_category.setdefault(s.category, []).append(s)
     queues = list(by_category.values())
-    picked: list[Situation] = []
+    picked: list[Item] = []
     for depth in range(max(len(q) for q in queues)):
         picked += [q[depth] for q in queues if depth < len(q)]
         if len(picked) >= n:

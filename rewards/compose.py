@@ -246,14 +246,18 @@ class RewardComposer:
         """Each term's component by key (for benchmarks and debugging: unweighted, unchecked)."""
         return {t.key: t.fn for t in self._terms}
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str], **metadata: Any) -> ComposedRewards:
+    def __call__(
+        self, prompts: Sequence[str], completions: Sequence[str], *, training: bool = True, **metadata: Any
+    ) -> ComposedRewards:
+        """``training=False`` (evaluations): the weighted sum of the raw scores, without normalisation and without
+        touching its running statistics, so evaluations compare across steps and change nothing later steps see."""
         B = len(completions)
         _check_batch(prompts, B, metadata)
         raw = {t.key: _score(t, prompts, completions, metadata, B) for t in self._terms}  # key -> (B,)
         total = torch.zeros(B, dtype=torch.float32)  # (B,)
         for t in self._terms:
             scores = raw[t.key]
-            if t.key in self._moments:
+            if t.key in self._moments and training:
                 self._moments[t.key].update(scores)
                 scores = self._moments[t.key].normalize(scores, self.config.norm_eps)
             total += (-t.weight if t.is_penalty else t.weight) * scores

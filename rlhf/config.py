@@ -26,6 +26,12 @@ class RunConfig(FrozenConfig):
     seed: int = Field(0, description="Seed of every random choice: init, data order, sampling.")
     steps: int = Field(20, ge=1, description="RL steps (one batch of prompts each).")
     save_every: int = Field(10, ge=1, description="Write a checkpoint every this many steps (and at the end).")
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="Score replies to data.eval_path's held-out prompts before the first step, every this many "
+        "steps and after the last (eval.jsonl, eval.png, eval/step_N.jsonl); 0 = never.",
+    )
 
 
 class PolicyConfig(FrozenConfig):
@@ -53,6 +59,12 @@ class DataConfig(FrozenConfig):
     prompts_per_step: int = Field(4, ge=1, description="Prompts per RL step; each gets samples_per_prompt replies.")
     max_prompt_tokens: int = Field(256, ge=8, description="Longer prompts are an error, not silently truncated.")
     system_prompt: str | None = Field(None, description="System message added to prompts that have none.")
+    eval_path: str = Field(
+        "heldout-situations",
+        description="Held-out prompts for run.eval_every (a prompt file as for path), or 'heldout-situations': "
+        "the project's held-out situations, which neither RL nor stages 1 and 2 train on.",
+    )
+    eval_prompts: int = Field(8, ge=1, description="Held-out prompts per evaluation, taken in turn by category.")
 
 
 class RolloutConfig(FrozenConfig):

@@ -24,6 +24,10 @@ BUILTIN_PROMPTS = Path(__file__).parent / "prompt_data" / "situations.jsonl"
 """The shipped situation prompts, loaded by ``load_prompts("builtin")``."""
 
 
+HELDOUT_SITUATIONS = "heldout-situations"
+"""``data.eval_path``'s default: the project's held-out situations (policies/persona_data), used by no training."""
+
+
 class PromptDataError(ValueError):
     """A prompt file or one of its rows is malformed; the message names the file, line/row, field and problem."""
 
@@ -71,6 +75,20 @@ def load_prompts(
     if not records:
         raise PromptDataError(f"{path}: no prompt rows found; the file is empty")
     return records
+
+
+def load_eval_prompts(path: str | Path, n: int, *, system_prompt: str | None = None) -> list[PromptRecord]:
+    """The held-out prompts of the RL run's evaluations: ``n`` of them taken in turn by category, from a prompt
+    file (``load_prompts``) or ``HELDOUT_SITUATIONS``."""
+    from policies.situations import load_situations, spread_over_categories  # policies imports this module
+
+    if str(path) != HELDOUT_SITUATIONS:
+        return spread_over_categories(load_prompts(path, system_prompt=system_prompt), n)
+    system = ({"role": "system", "content": system_prompt},) if system_prompt is not None else ()
+    return [
+        PromptRecord((*system, {"role": "user", "content": s.text}), s.category, f"{HELDOUT_SITUATIONS}:{s.id}")
+        for s in spread_over_categories(load_situations(split="heldout"), n)
+    ]
 
 
 _Row = tuple[Any, str, str]  # (row, "file: line 3" for errors, "file:3" for PromptRecord.source)

@@ -25,8 +25,10 @@ class RewardActor:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str], **metadata: Any) -> ComposedRewards:
-        return self.composer(prompts, completions, **metadata)
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[str], training: bool = True, **metadata: Any
+    ) -> ComposedRewards:
+        return self.composer(prompts, completions, training=training, **metadata)
 
     def state_dict(self) -> dict[str, dict[str, float | int]]:
         return self.composer.state_dict()

@@ -59,34 +59,68 @@ class Generation:
     features: torch.Tensor | None  # (N, d) what the router read for each prompt
     refs: list[ray.ObjectRef] = field(default_factory=list)
     done: tuple[RolloutBatch, float] | None = None
+    first_group: int = 0  # group id of the first prompt
 
     def wait(self) -> tuple[RolloutBatch, float]:
         """(the batch, the slowest rollout actor's own sampling seconds); blocks until every actor has answered."""
         if self.done is None:
             parts = ray.get(self.refs)
             batch = concat([part for part, _ in parts])
-            batch.situation_features = self.features[batch.group_ids]
+            batch.situation_features = self.features[batch.group_ids - self.first_group]
             self.done = batch, max(seconds for _, seconds in parts)
         return self.done
 
 
 def sample(
-    actors: ActorGroups, records: list[PromptRecord], version: int, seed: int, timings: dict[str, float]
+    actors: ActorGroups,
+    records: list[PromptRecord],
+    version: int,
+    seed: int,
+    timings: dict[str, float],
+    first_group: int = 0,
 ) -> Generation:
     """Routes the prompts on the learners (timed as ``route``), then starts sampling them on the rollout actors
     with weights ``version`` and returns without waiting. The prompts and their routing weights are split over
-    the actors; group ids stay global, and so do the sampling seeds derived from them (rollout.prompt_seeds). The
-    batch carries the router's features for its rows, so the update routes again without another forward."""
+    the actors; group ids (from ``first_group``) stay global, and so do the sampling seeds derived from them
+    (rollout.prompt_seeds). The batch carries the router's features for its rows, so the update routes again
+    without another forward."""
     with timed(timings, "route"):
         routed = route(actors, records)
-    weights, share = routed.weights, len(records) // len(actors.rollouts)
+    n = len(actors.rollouts)
+    bounds = [len(records) * i // n for i in range(n + 1)]
     refs = [
-        actor.generate.remote(
-            records[i * share : (i + 1) * share], weights[i * share : (i + 1) * share], i * share, version, seed
-        )
-        for i, actor in enumerate(actors.rollouts)
+        actor.generate.remote(records[lo:hi], routed.weights[lo:hi], first_group + lo, version, seed)
+        for actor, lo, hi in zip(actors.rollouts, bounds[:-1], bounds[1:], strict=True)
+        if hi > lo
     ]
-    return Generation(version, routed.features, refs)
+    return Generation(version, routed.features, refs, first_group=first_group)
+
+
+def evaluate(
+    actors: ActorGroups, records: list[PromptRecord], version: int, seed: int, prompts_per_batch: int
+) -> tuple[dict[str, float], list[dict]]:
+    """Held-out replies under the rollouts' weights ``version`` and the same ``seed`` every time (so evaluations
+    differ by the weights, not by the dice), ``prompts_per_batch`` prompts at a time (what the rollouts are sized
+    for), scored without reward normalisation and without touching its statistics. Returns (``eval/...``
+    metrics, one row per reply: prompt, category, reply, reward)."""
+    parts = [
+        sample(actors, records[i : i + prompts_per_batch], version, seed, {}, first_group=i).wait()
+        for i in range(0, len(records), prompts_per_batch)
+    ]
+    batch, seconds = concat([b for b, _ in parts]), sum(s for _, s in parts)
+    scored = ray.get(actors.reward.score.remote(batch.prompts, batch.completions, False, category=batch.categories))
+    metrics = {
+        "eval/reward/mean": scored.rewards.mean().item(),
+        "eval/reward/std": scored.rewards.std().item() if len(batch) > 1 else 0.0,
+        **{f"eval/{key}": value.mean().item() for key, value in scored.components.items()},
+        "eval/response_len": batch.response_mask.sum(-1).float().mean().item(),
+        "eval/seconds": seconds,
+    }
+    replies = [
+        {"prompt": p, "category": c, "reply": r, "reward": round(float(w), 4)}
+        for p, c, r, w in zip(batch.prompts, batch.categories, batch.completions, scored.rewards, strict=True)
+    ]
+    return metrics, replies
 
 
 def rewards(actors: ActorGroups, batch: RolloutBatch) -> ComposedRewards:

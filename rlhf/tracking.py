@@ -1,4 +1,5 @@
-"""Run outputs: metrics.jsonl (one object per step), TensorBoard events, a progress bar and PNG plots."""
+"""Run outputs: metrics.jsonl (one object per step), TensorBoard events, a progress bar and PNG plots; with
+run.eval_every, eval.jsonl (one object per evaluation), eval/step_N.jsonl (its replies) and eval.png."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ class Tracker:
         self.run_dir = run_dir
         self.experts = experts
         self.metrics_file = run_dir / "metrics.jsonl"
+        self.eval_file = run_dir / "eval.jsonl"
         if start_step:  # resuming: steps after the checkpoint are run again, so their old rows go
-            kept = [json.dumps(r) + "\n" for r in self.history() if r["step"] <= start_step]
-            atomic_write_text(self.metrics_file, "".join(kept))
+            for path in (p for p in (self.metrics_file, self.eval_file) if p.exists()):
+                kept = [json.dumps(r) + "\n" for r in read_rows(path) if r["step"] <= start_step]
+                atomic_write_text(path, "".join(kept))
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=start_step, desc="rl", unit="step", dynamic_ncols=True)
 
@@ -37,16 +40,58 @@ class Tracker:
         self.bar.update(1)
         self.bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
 
+    def log_eval(self, step: int, metrics: dict[str, float], replies: list[dict]) -> None:
+        """One evaluation, of the weights after ``step`` updates (0 = before the first)."""
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"evaluation at step {step}: non-finite metrics {bad}")
+        with self.eval_file.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        atomic_write_text(self.run_dir / "eval" / f"step_{step}.jsonl", "".join(json.dumps(r) + "\n" for r in replies))
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+        self.bar.write(f"eval after step {step}: held-out reward {metrics['eval/reward/mean']:.3f}")
+
     def history(self) -> list[dict[str, float]]:
-        if not self.metrics_file.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+        return read_rows(self.metrics_file)
 
     def close(self) -> list[Path]:
-        """Flushes TensorBoard and writes reward.png, kl.png and router_usage.png; returns the PNG paths."""
+        """Flushes TensorBoard and writes reward.png, kl.png, router_usage.png and, with evaluations, eval.png;
+        returns the PNG paths."""
         self.writer.close()
         self.bar.close()
-        return plot_history(self.history(), self.experts, self.run_dir)
+        paths = plot_history(self.history(), self.experts, self.run_dir)
+        evals = read_rows(self.eval_file)
+        if evals:
+            paths.append(plot_eval(evals, self.run_dir / "eval.png"))
+        return paths
+
+
+def read_rows(path: Path) -> list[dict[str, float]]:
+    """A JSON-lines file's objects ([] when it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_eval(rows: list[dict[str, float]], path: Path) -> Path:
+    """Held-out reward (mean +- std over the replies) at each evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    mean = [r["eval/reward/mean"] for r in rows]
+    std = [r["eval/reward/std"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.errorbar(steps, mean, yerr=std, marker="o", capsize=3)
+    ax.set_xlabel("step")
+    ax.set_title("held-out reward")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot_history(rows: list[dict[str, float]], experts: tuple[str, ...], out_dir: Path) -> list[Path]:

@@ -23,7 +23,7 @@ from rlhf.batch import RolloutBatch
 from rlhf.config import JobConfig
 from rlhf.placement import ActorGroups, create_actors, release, start_ray
 from rlhf.pole_anchor import load_persona_data
-from rlhf.prompts import PromptStream, load_prompts
+from rlhf.prompts import PromptRecord, PromptStream, load_eval_prompts, load_prompts
 from rlhf.tracking import Tracker
 from rlhf.transfer import read_folder, write_folder
 
@@ -148,6 +148,14 @@ def step_seed(cfg: JobConfig, step: int) -> int:
     return cfg.run.seed * 100_003 + step
 
 
+def evaluate(
+    cfg: JobConfig, actors: ActorGroups, held_out: list[PromptRecord], version: int
+) -> tuple[dict[str, float], list[dict]]:
+    """run.eval_every's evaluation of the rollouts' weights ``version``: always step 0's seed, which no training
+    step uses, so evaluations differ by the weights alone."""
+    return stages.evaluate(actors, held_out, version, step_seed(cfg, 0), cfg.data.prompts_per_step)
+
+
 def fit(cfg: JobConfig, resume: str | None = None) -> Path:
     """Runs RL steps up to cfg.run.steps and returns the run folder; actors are released even when a step fails.
 
@@ -157,6 +165,9 @@ def fit(cfg: JobConfig, resume: str | None = None) -> Path:
     checkpoint = resolve_resume(Path(cfg.run.output_dir) / cfg.run.name, resume)
     run_dir = prepare_run_dir(cfg, resuming=checkpoint is not None)
     records = load_prompts(cfg.data.path, system_prompt=cfg.data.system_prompt)
+    held_out = None
+    if cfg.run.eval_every:
+        held_out = load_eval_prompts(cfg.data.eval_path, cfg.data.eval_prompts, system_prompt=cfg.data.system_prompt)
     stream = PromptStream(records, cfg.data.prompts_per_step, seed=cfg.run.seed)
     anchor = cfg.algorithm.pole_anchor
     persona_data = load_persona_data(anchor.data_dir) if anchor.coef > 0 else None
@@ -167,7 +178,7 @@ def fit(cfg: JobConfig, resume: str | None = None) -> Path:
             stages.set_pole_anchor(actors, persona_data)
         start, version, pending = restore_checkpoint(actors, checkpoint, stream) if checkpoint else (0, 0, None)
         startup = first_sync(actors, version)
-        train(cfg, actors, stream, run_dir, start, version, startup, pending)
+        train(cfg, actors, stream, run_dir, start, version, startup, pending, held_out)
     finally:
         release(actors)
     return run_dir
@@ -182,13 +193,17 @@ def train(
     version: int = 0,
     startup: dict[str, float] | None = None,
     pending: stages.Generation | None = None,
+    held_out: list[PromptRecord] | None = None,
 ) -> None:
     """The RL loop, one stage per block, from step ``start + 1`` with rollouts holding weights ``version``;
     ``startup`` metrics (the first sync) are logged with the first step; ``pending``: a resumed run's next
-    replies, sampled one step off policy before its checkpoint."""
+    replies, sampled one step off policy before its checkpoint; ``held_out``: the prompts of run.eval_every's
+    evaluations."""
     experts = cfg.policy.experts
     tracker = Tracker(run_dir, cfg.run.steps, experts, start_step=start)
     try:
+        if held_out and start == 0:  # the starting point every later evaluation compares with
+            tracker.log_eval(0, *evaluate(cfg, actors, held_out, version))
         for step in range(start + 1, cfg.run.steps + 1):
             timings: dict[str, float] = {}
             step_start = time.perf_counter()
@@ -224,7 +239,11 @@ def train(
             with stages.timed(timings, "sync"):
                 version, sync_bytes = stages.sync_weights(actors)
 
-            # 7. log, checkpoint
+            # 7. evaluate on held-out prompts (run.eval_every), log, checkpoint
+            evaluation = None
+            if held_out and (step % cfg.run.eval_every == 0 or step == cfg.run.steps):
+                with stages.timed(timings, "eval"):
+                    evaluation = evaluate(cfg, actors, held_out, version)
             metrics = {
                 **stages.rollout_metrics(batch, experts, timings["timing/gen"]),
                 **{key: value.mean().item() for key, value in scored.components.items()},
@@ -237,6 +256,8 @@ def train(
                 **(startup if step == start + 1 and startup else {}),
             }
             tracker.log(step, metrics)
+            if evaluation is not None:
+                tracker.log_eval(step, *evaluation)
             if step % cfg.run.save_every == 0 or step == cfg.run.steps:
                 state = {
                     "step": step,

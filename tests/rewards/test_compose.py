@@ -289,3 +289,15 @@ def test_preflight_names_the_term_whose_folder_or_rubric_is_missing(tmp_path) ->
     judge = RewardsConfig(components=(RewardTerm(name="judge", weight=1.0, options={"rubric": "kindness"}),))
     with pytest.raises(ValueError, match=r"rewards\.components\[0\] \(judge\): rubric 'kindness' is neither"):
         preflight(judge)
+
+
+def test_evaluation_scores_raw_and_leaves_statistics_untouched() -> None:
+    """training=False: the weighted sum of raw scores (comparable across evaluations), statistics unchanged."""
+    config = RewardsConfig(components=(), safety=(), normalize=True, norm_momentum=0.5, norm_eps=1e-6)
+    const = constant([1.0, 2.0, 3.0, 4.0])
+    composer = RewardComposer(config, extra_components=[ExtraReward(const.name, const.fn, 2.0)])
+    composer(prompts=["p"] * 4, completions=["c"] * 4)
+    before = composer.state_dict()
+    evaluated = composer(prompts=["p"] * 4, completions=["c"] * 4, training=False)
+    assert evaluated.rewards.tolist() == [2.0, 4.0, 6.0, 8.0]
+    assert composer.state_dict() == before

@@ -13,7 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlhf.prompts import BUILTIN_PROMPTS, PromptDataError, PromptRecord, PromptStream, load_prompts
+from rlhf.prompts import (
+    BUILTIN_PROMPTS,
+    HELDOUT_SITUATIONS,
+    PromptDataError,
+    PromptRecord,
+    PromptStream,
+    load_eval_prompts,
+    load_prompts,
+)
 
 CHAT = [
     {"role": "system", "content": "Be kind."},
@@ -237,3 +245,18 @@ def test_stream_rejects_bad_arguments_and_mismatched_state() -> None:
         PromptStream(records(3), 2, seed=0).load_state_dict({"epoch": 0})
     with pytest.raises(ValueError, match="out-of-range"):
         PromptStream(records(3), 2, seed=0).load_state_dict({**state, "position": 3})
+
+
+def test_eval_prompts_spread_over_categories(tmp_path: Path) -> None:
+    """The default held-out set: project situations of the held-out split, in turn by category, as user turns."""
+    from policies.situations import load_situations
+
+    held_out = {s.text for s in load_situations(split="heldout")}
+    records = load_eval_prompts(HELDOUT_SITUATIONS, 7, system_prompt="Be kind.")
+    assert len(records) == 7 and len({r.category for r in records}) == 7  # seven categories, one each
+    assert all(r.messages[0] == {"role": "system", "content": "Be kind."} for r in records)
+    assert all(r.messages[-1]["content"] in held_out for r in records)
+    assert not held_out & {r.messages[-1]["content"] for r in load_prompts("builtin")}  # RL never trains on them
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}", "category": c}) + "\n" for i, c in enumerate("aabbc")))
+    assert [r.messages[-1]["content"] for r in load_eval_prompts(path, 3)] == ["p0", "p2", "p4"]

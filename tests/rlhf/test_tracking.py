@@ -29,3 +29,23 @@ def test_non_finite_metric_stops_the_run(tmp_path) -> None:
     tracker = Tracker(tmp_path, 1, EXPERTS)
     with pytest.raises(FloatingPointError, match="kl"):
         tracker.log(1, {**row(0.1), "kl": float("nan")})
+
+
+def test_evaluations_write_their_own_file_replies_and_plot(tmp_path) -> None:
+    tracker = Tracker(tmp_path, 2, EXPERTS)
+    replies = [{"prompt": "p", "category": "grief", "reply": "r", "reward": 0.5}]
+    for step, reward in ((0, 0.1), (1, 0.3), (2, 0.2)):
+        if step:
+            tracker.log(step, row(reward))
+        tracker.log_eval(step, {"eval/reward/mean": reward, "eval/reward/std": 0.2}, replies * (step + 1))
+    pngs = tracker.close()
+    evals = [json.loads(x) for x in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["eval/reward/mean"]) for e in evals] == [(0, 0.1), (1, 0.3), (2, 0.2)]
+    assert len((tmp_path / "eval/step_2.jsonl").read_text().splitlines()) == 3
+    assert json.loads((tmp_path / "eval/step_0.jsonl").read_text()) == replies[0]
+    assert "eval.png" in {p.name for p in pngs}
+    assert all("eval" not in key for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) for key in r)
+    Tracker(tmp_path, 2, EXPERTS, start_step=1).close()  # a resume runs step 2 again: its rows go
+    assert [json.loads(x)["step"] for x in (tmp_path / "eval.jsonl").read_text().splitlines()] == [0, 1]
+    with pytest.raises(FloatingPointError, match="eval/reward/mean"):
+        Tracker(tmp_path, 2, EXPERTS).log_eval(3, {"eval/reward/mean": float("inf")}, [])

@@ -97,13 +97,15 @@ STEP_METRICS = ("reward/mean", "loss", "kl", "entropy", "clip_frac", "response_l
 def test_resume_is_exact(ray_local, tiny_model_dir, tmp_path, off_policy) -> None:
     """4 straight steps == 2 steps + --resume + 2 steps: optimizer, scheduler, data cursor and rewards all restored.
     One step off policy, each step after the first learns from replies sampled with the weights before the last
-    update, and the checkpoint carries the next step's replies, sampled before it was written."""
+    update, and the checkpoint carries the next step's replies, sampled before it was written. The straight run
+    also evaluates on held-out prompts (run.eval_every), which must change nothing the training sees."""
     common = [
         "rewards.components=[{name: chars_for_tests, weight: 1}]", "learner.warmup_steps=3",
         f"rollout.one_step_off_policy={off_policy}",
     ]  # fmt: skip
     straight = fit(load_config("configs/tiny_test.yaml", tiny_job_overrides(
-        tiny_model_dir, tmp_path, "run.name=straight", "run.steps=4", *common
+        tiny_model_dir, tmp_path, "run.name=straight", "run.steps=4", "run.eval_every=3", "data.eval_prompts=3",
+        *common,
     )))  # fmt: skip
     split = tiny_job_overrides(tiny_model_dir, tmp_path, "run.name=split", *common)
     fit(load_config("configs/tiny_test.yaml", [*split, "run.steps=2"]))
@@ -121,6 +123,12 @@ def test_resume_is_exact(ray_local, tiny_model_dir, tmp_path, off_policy) -> Non
     assert a[3]["lr/experts"] != a[1]["lr/experts"]  # warm-up moved the LR, so the scheduler state mattered
     assert [r["rollout/version_lag"] for r in b] == ([0, 1, 1, 1] if off_policy else [0, 0, 0, 0])
     assert (tmp_path / "split/checkpoints/step_2/next_rollouts.safetensors").exists() == off_policy
+    evals = [json.loads(line) for line in (straight / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 3, 4]  # before training, every 3 steps, after the last
+    assert evals[0]["eval/reward/chars_for_tests"] > 0 and "timing/eval" in a[2] and "timing/eval" not in a[1]
+    replies = [json.loads(line) for line in (straight / "eval/step_3.jsonl").read_text().splitlines()]
+    assert len(replies) == 3 * 2 and len({r["category"] for r in replies}) == 3  # 3 prompts x G=2, 3 categories
+    assert (straight / "eval.png").exists() and not (resumed / "eval.jsonl").exists()
     final = [load_file(str(d / "policy/router.safetensors")) for d in (straight, resumed)]
     for key in final[0]:
         torch.testing.assert_close(final[1][key], final[0][key], rtol=1e-4, atol=1e-6)
