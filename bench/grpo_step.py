@@ -71,6 +71,7 @@ def run_ours(engine: str, steps: int, workdir: Path) -> list[dict[str, float]]:
     overrides = [
         f"run.steps={steps}",
         f"run.save_every={steps}",
+        "run.eval_every=0",  # TRL evaluates nothing either
         f"run.output_dir={workdir}",
         f"run.name=bench_{engine}",
         f"run.seed={SEED}",

@@ -122,6 +122,10 @@ def show_results(cfg, run_dir: Path) -> None:
     early = sum(r["reward/mean"] for r in rows[:half]) / half
     late = sum(r["reward/mean"] for r in rows[half:]) / max(len(rows) - half, 1)
     print(f"reward/mean, first half vs second half of the run: {early:.3f} -> {late:.3f}")
+    if (run_dir / "eval.jsonl").exists():  # run.eval_every: the same held-out prompts and seed each time
+        evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+        trend = " -> ".join(f"step {e['step']} {e['eval/reward/mean']:.3f}" for e in evals)
+        print(f"held-out reward ({run_dir / 'eval.png'}; replies in {run_dir / 'eval'}): {trend}")
     trained = PersonaFusePolicy.from_pretrained(run_dir / "policy").eval()
     fresh = build_policy(cfg)  # exactly the run's seeded initial policy
     chat = [[{"role": "user", "content": DEMO_PROMPT}]]
