@@ -187,8 +187,9 @@ class AlgorithmConfig(FrozenConfig):
     @property
     def needs_old_logprobs(self) -> bool:
         """Whether pi_old needs its own forward before the update. Not for GRPO with the KL in the loss and a single
-        optimizer step per batch: every micro-batch then sees the weights that sampled, so pi_old = pi, detached,
-        exactly (TRL makes the same saving). PPO computes its values in that forward anyway."""
+        optimizer step per batch: the learner's weights do not change before every micro-batch has run, so
+        pi_old = pi, detached, exactly (TRL makes the same saving); the gap to the policy that sampled is what
+        rollout_correction weights. PPO computes its values in that forward anyway."""
         return self.name == "ppo" or self.kl.placement == "reward" or self.ppo_epochs > 1 or self.minibatches > 1
 
 
@@ -284,6 +285,12 @@ class JobConfig(FrozenConfig):
             raise ValueError(
                 f"data.prompts_per_step ({self.data.prompts_per_step}) must divide among rollout.num_actors "
                 f"({self.rollout.num_actors})"
+            )
+        if self.rollout.one_step_off_policy and self.algorithm.rollout_correction.level == "none":
+            raise ValueError(
+                "rollout.one_step_off_policy samples with weights one update old, and with "
+                "algorithm.rollout_correction.level=none nothing weights for that gap (the PPO ratio is taken against "
+                "the learner's weights); set algorithm.rollout_correction.level to token or sequence"
             )
         return self
 

@@ -22,6 +22,8 @@ class Tracker:
         self.experts = experts
         self.metrics_file = run_dir / "metrics.jsonl"
         self.eval_file = run_dir / "eval.jsonl"
+        if not start_step:  # a fresh run (prepare_run_dir refused any with metrics): a failed start's evaluation goes
+            self.eval_file.unlink(missing_ok=True)
         if start_step:  # resuming: steps after the checkpoint are run again, so their old rows go
             for path in (p for p in (self.metrics_file, self.eval_file) if p.exists()):
                 kept = [json.dumps(r) + "\n" for r in read_rows(path) if r["step"] <= start_step]

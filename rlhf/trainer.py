@@ -61,13 +61,19 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
     return checkpoint
 
 
+# Keys whose default changes what a run does, added after runs existed: a saved config without one ran as this says.
+BEFORE_KEY_EXISTED = {"algorithm.rollout_correction.level": "none"}
+
+
 def check_same_run(cfg: JobConfig, run_dir: Path) -> None:
     """A resumed run must use the config it was started with; only run.steps may grow. A key the saved config
-    lacks (added to the code since the run started) counts as its default, which is what the run had."""
+    lacks (added to the code since the run started) counts as what the run had: its default, or for a key whose
+    default changes the training, its value in ``BEFORE_KEY_EXISTED``."""
     saved = json.loads((run_dir / "config.json").read_text())
     now = json.loads(cfg.model_dump_json())
     saved["run"].pop("steps"), now["run"].pop("steps")
-    defaults, saved_flat, now_flat = _flat(json.loads(JobConfig().model_dump_json())), _flat(saved), _flat(now)
+    defaults = {**_flat(json.loads(JobConfig().model_dump_json())), **BEFORE_KEY_EXISTED}
+    saved_flat, now_flat = _flat(saved), _flat(now)
     changed = [key for key, value in now_flat.items() if value != saved_flat.get(key, defaults.get(key))]
     if changed:
         raise ValueError(f"--resume: the config differs from {run_dir / 'config.json'} at {changed[:5]}")

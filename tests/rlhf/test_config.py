@@ -57,6 +57,9 @@ def test_overrides_parse_yaml_values() -> None:
         (["learner.offload_optimizer=true", "learner.zero_stage=0"], "offload_optimizer needs"),
         (["learner.gradient_checkpointing=true", "learner.shared_prompt_forward=true"], "keep no KV cache"),
         (["rollout.gpus_per_actor=0.5", "rollout.vllm_gpu_memory_utilization=0.85"], "at most 0.5"),
+        (["rollout.one_step_off_policy=true", "algorithm.rollout_correction.level=none"], "nothing weights"),
+        (["algorithm.rollout_correction.clip_max=0.5"], "rollout_correction.clip_max"),
+        (["run.eval_every=-1"], "run.eval_every"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: list[str], message: str) -> None:

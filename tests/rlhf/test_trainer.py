@@ -175,3 +175,9 @@ def test_resume_accepts_a_run_saved_before_a_config_key_existed(tmp_path) -> Non
     check_same_run(load_config(None, []), tmp_path)
     with pytest.raises(ValueError, match=r"policy\.train_lora_a"):
         check_same_run(load_config(None, ["policy.train_lora_a=false"]), tmp_path)
+    # a run from before the rollout correction existed ran without it: resuming it must say so explicitly
+    del saved["algorithm"]["rollout_correction"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"algorithm\.rollout_correction\.level"):
+        check_same_run(load_config(None, []), tmp_path)
+    check_same_run(load_config(None, ["algorithm.rollout_correction.level=none"]), tmp_path)
