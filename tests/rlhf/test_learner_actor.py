@@ -275,8 +275,8 @@ def test_learner_replays_the_rollouts_expert_selection(ray_local, tiny_model_dir
 
 def test_rollout_correction_weights_the_policy_loss(ray_local, tiny_model_dir) -> None:
     """The learner weights each token's policy loss by pi_old / pi_rollout: an engine that rated every sampled token
-    far below the learner (rho >> 2) doubles the loss under truncation at 2, and under masking drops every token, so
-    the loss is 0 and no adapter moves. Without correction the engine's log-probs do not enter the loss."""
+    far below the learner (rho >> 2) doubles the loss under truncation at 2. Without correction the engine's
+    log-probs do not enter the loss (masking is checked on hand values in test_rollout_correction.py)."""
     overrides = tiny_overrides(tiny_model_dir, "algorithm.kl.coef=0.0")
     batch = sample_batch(overrides)
     underrated = batch.select(slice(None))
@@ -287,10 +287,7 @@ def test_rollout_correction_weights_the_policy_loss(ray_local, tiny_model_dir) -
 
     off, _, _ = run(underrated, "algorithm.rollout_correction.level=none")
     truncated, _, _ = run(underrated)  # the default: token level, truncate at 2
-    masked, _, s_masked = run(underrated, "algorithm.rollout_correction.mode=mask")
 
     assert off["rollout_is/mismatch_kl"] > 40  # logged without correction too
     assert truncated["rollout_is/bounded_frac"] == 1.0 and truncated["rollout_is/weight_mean"] == pytest.approx(2.0)
     assert truncated["loss"] == pytest.approx(2 * off["loss"], rel=1e-5)
-    assert masked["loss"] == 0.0 and masked["rollout_is/weight_mean"] == 0.0
-    assert all(not t.any() for name, t in s_masked.tensors.items() if name.endswith(".lora_B"))  # fresh B stays 0
