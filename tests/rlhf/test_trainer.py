@@ -31,8 +31,13 @@ def _chars_factory():
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
 def test_two_grpo_steps(ray_local, tiny_model_dir, tmp_path, engine) -> None:
+    """Two GRPO steps; with vLLM one step off policy (on-policy vLLM is the PPO test's), so the vLLM actor also
+    samples step 2 while the learner updates on step 1 and loads the new weights after."""
     rewards = "rewards.components=[{name: validation, weight: 1}, {name: chars_for_tests, weight: 1}]"
-    overrides = tiny_job_overrides(tiny_model_dir, tmp_path, f"rollout.engine={engine}", rewards)
+    off_policy = engine == "vllm"
+    overrides = tiny_job_overrides(
+        tiny_model_dir, tmp_path, f"rollout.engine={engine}", rewards, f"rollout.one_step_off_policy={off_policy}"
+    )
     cfg = load_config("configs/tiny_test.yaml", overrides)
     adapter_folders = set(Path(tempfile.gettempdir()).glob("personafuse-lora-*"))
     run_dir = fit(cfg)
@@ -41,7 +46,9 @@ def test_two_grpo_steps(ray_local, tiny_model_dir, tmp_path, engine) -> None:
     assert [r["step"] for r in rows] == [1, 2]
     for key in REQUIRED:
         assert key in rows[1], key
-    assert rows[1]["sync/bytes"] > 0 and rows[1]["kl"] > 0  # step 2 samples from updated experts
+    assert rows[1]["sync/bytes"] > 0 and rows[1]["kl"] > 0  # step 2 learns on updated experts
+    assert [r["rollout/version_lag"] for r in rows] == ([0, 1] if off_policy else [0, 0])
+    assert (run_dir / "checkpoints/step_2/next_rollouts.safetensors").exists() == off_policy
     assert rows[0]["sync/full_bytes"] >= rows[0]["sync/bytes"] and "sync/full_bytes" not in rows[1]  # before step 1
     for name in ("reward.png", "kl.png", "router_usage.png", "config.json", "policy/persona_config.json"):
         assert (run_dir / name).exists(), name
