@@ -117,6 +117,13 @@ class KLConfig(FrozenConfig):
     placement: Literal["reward", "loss"] = Field(
         "loss", description="'reward': -beta*KL per token in the reward; 'loss': beta*KL added to the loss."
     )
+    target: float | None = Field(
+        None,
+        gt=0,
+        description="Adaptive beta (Ziegler et al. 2019): after each step, beta moves toward keeping the logged kl "
+        "(the token mean of the estimator) at this value; coef is the starting beta. null = fixed beta.",
+    )
+    horizon: int = Field(10_000, ge=1, description="Adaptive beta: samples over which a 20% error moves beta 20%.")
 
 
 class PoleAnchorConfig(FrozenConfig):

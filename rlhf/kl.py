@@ -73,3 +73,17 @@ def kl_shaped_token_rewards(rewards: Tensor, kl: Tensor, response_mask: Tensor, 
     has_token = last >= 0  # (B,)
     outcome = torch.where(has_token, rewards.to(token_rewards.dtype), 0.0)  # (B,)
     return token_rewards.scatter_add(1, last.clamp_min(0).unsqueeze(-1), outcome.unsqueeze(-1))
+
+
+def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, samples: int) -> float:
+    """The adaptive KL controller of Ziegler et al. 2019 (arXiv:1909.08593, section 2.2): after a step whose
+    measured KL was ``kl``,
+
+        e    = clip(kl / target - 1, -0.2, 0.2)
+        beta <- beta * (1 + e * samples / horizon)
+
+    so beta grows while the policy drifts further from the reference than ``target`` and shrinks while it stays
+    closer; ``horizon`` (in samples) sets how fast. ``samples``: the sequences of the step.
+    """
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return coef * (1.0 + error * samples / horizon)

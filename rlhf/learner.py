@@ -156,6 +156,7 @@ class Learner:
         self.synced = SyncedAdapters() if cfg.rollout.sync_delta != "none" else None  # the rollouts' copy
         self.rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self.kl_estimator = get_kl_estimator(cfg.algorithm.kl.estimator)
+        self.kl_coef = cfg.algorithm.kl.coef  # beta of the current update (update() sets it)
         self.mixed_bf16 = cfg.learner.dtype == "bf16-mixed"
         self.pole_anchor: PoleAnchor | None = None
         self.anchor_index = 0  # block of pole-anchor pairs for the next optimizer step
@@ -240,14 +241,18 @@ class Learner:
             if parts
         }
 
-    def update(self, shard: RolloutBatch, counts: list[MinibatchCounts]) -> dict[str, float]:
-        """ppo_epochs x minibatches optimizer steps on this rank's shard.
+    def update(
+        self, shard: RolloutBatch, counts: list[MinibatchCounts], kl_coef: float | None = None
+    ) -> dict[str, float]:
+        """ppo_epochs x minibatches optimizer steps on this rank's shard, with KL coefficient ``kl_coef`` (default
+        algorithm.kl.coef; the driver's adaptive controller passes its own).
 
         ``loss`` is this rank's share of each minibatch loss (sum over its micro-batches of S * dp / N_global),
         averaged over minibatches; the driver's mean over ranks is then the full-batch loss. Other metrics are
         means over micro-batches.
         """
         algo = self.cfg.algorithm
+        self.kl_coef = algo.kl.coef if kl_coef is None else kl_coef
         lr = {  # the rates of this update's first optimizer step
             f"lr/{name}": group["lr"] for name, group in zip(self.group_names, self.optimizer.param_groups, strict=True)
         }
@@ -301,7 +306,7 @@ class Learner:
             is_metrics = {"rollout_is/mismatch_kl": mismatch_kl(old_logprobs, mb.rollout_logprobs, mask)}
         kl = self.kl_estimator(logprobs, mb.ref_logprobs)  # (b, T)
         if algo.kl.placement == "loss":
-            per_token = per_token + algo.kl.coef * kl
+            per_token = per_token + self.kl_coef * kl
         if algo.entropy_coef > 0:
             per_token = per_token - algo.entropy_coef * entropy
         critic_metrics: dict[str, Tensor] = {}

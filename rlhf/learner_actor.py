@@ -53,8 +53,10 @@ class LearnerActor:
     def score(self, shard: RolloutBatch) -> dict[str, Tensor]:
         return self.learner.score(shard)
 
-    def update(self, shard: RolloutBatch, counts: list[MinibatchCounts]) -> dict[str, float]:
-        return self.learner.update(shard, counts)
+    def update(
+        self, shard: RolloutBatch, counts: list[MinibatchCounts], kl_coef: float | None = None
+    ) -> dict[str, float]:
+        return self.learner.update(shard, counts, kl_coef)
 
     def adapter_state(self) -> AdapterState:
         return self.learner.adapter_state()

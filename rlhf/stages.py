@@ -180,7 +180,7 @@ def _fill_scores(batch: RolloutBatch, results: list[dict[str, torch.Tensor]]) ->
         setattr(batch, key, torch.cat([r[key] for r in results]))
 
 
-def compute_advantages(batch: RolloutBatch, algo: AlgorithmConfig) -> None:
+def compute_advantages(batch: RolloutBatch, algo: AlgorithmConfig, kl_coef: float | None = None) -> None:
     """Advantages and returns (B, T) on the driver.
 
     grpo: group-relative advantages of the sequence rewards; with kl.placement=reward, beta * sum_t KL_t is
@@ -189,7 +189,8 @@ def compute_advantages(batch: RolloutBatch, algo: AlgorithmConfig) -> None:
           kl.placement=reward) against the critic's values; advantages optionally whitened over the batch.
     """
     mask = batch.response_mask
-    in_reward = algo.kl.coef if algo.kl.placement == "reward" else 0.0
+    beta = algo.kl.coef if kl_coef is None else kl_coef  # the adaptive controller's beta, when kl.target is set
+    in_reward = beta if algo.kl.placement == "reward" else 0.0
     kl = torch.zeros_like(mask, dtype=torch.float32)  # (B, T); only the in-reward placement reads it here
     if algo.kl.placement == "reward":
         kl = get_kl_estimator(algo.kl.estimator)(batch.old_logprobs, batch.ref_logprobs)
@@ -214,11 +215,12 @@ def minibatch_counts(batch: RolloutBatch, cfg: JobConfig) -> list[MinibatchCount
     return [MinibatchCounts(tokens=sum(col), seqs=seqs) for col in zip(*per_shard, strict=True)]
 
 
-def update(actors: ActorGroups, batch: RolloutBatch, cfg: JobConfig) -> dict[str, float]:
-    """One learner update on every shard; metrics averaged over ranks."""
+def update(actors: ActorGroups, batch: RolloutBatch, cfg: JobConfig, kl_coef: float | None = None) -> dict[str, float]:
+    """One learner update on every shard (``kl_coef``: this step's beta, default algorithm.kl.coef); metrics
+    averaged over ranks."""
     counts = minibatch_counts(batch, cfg)
     shards = batch.shards(len(actors.learners))
-    results = ray.get([lr.update.remote(s, counts) for lr, s in zip(actors.learners, shards, strict=True)])
+    results = ray.get([lr.update.remote(s, counts, kl_coef) for lr, s in zip(actors.learners, shards, strict=True)])
     return {key: sum(r[key] for r in results) / len(results) for key in results[0]}
 
 

@@ -21,6 +21,7 @@ from rewards.compose import preflight
 from rlhf import learner_state, stages
 from rlhf.batch import RolloutBatch
 from rlhf.config import JobConfig
+from rlhf.kl import adaptive_kl_coef
 from rlhf.placement import ActorGroups, create_actors, release, start_ray
 from rlhf.pole_anchor import load_persona_data
 from rlhf.prompts import PromptRecord, PromptStream, load_eval_prompts, load_prompts
@@ -120,9 +121,9 @@ def save_checkpoint(
 
 def restore_checkpoint(
     actors: ActorGroups, checkpoint: Path, stream: PromptStream
-) -> tuple[int, int, stages.Generation | None]:
-    """Loads a checkpoint into learners, data stream and reward statistics. Returns (step, weight version, the
-    next step's replies when the run samples one step off policy)."""
+) -> tuple[dict, stages.Generation | None]:
+    """Loads a checkpoint into learners, data stream and reward statistics. Returns (trainer_state.json: step,
+    weight version, KL coefficient..., the next step's replies when the run samples one step off policy)."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     saved = [learner_state.load(checkpoint / "learner", rank) for rank in range(len(actors.learners))]
     policy = ray.put(read_folder(checkpoint / "policy"))  # learners on other nodes cannot read the driver's disk
@@ -134,7 +135,7 @@ def restore_checkpoint(
         meta = json.loads((checkpoint / f"{PENDING}.json").read_text())
         batch = RolloutBatch.from_state(load_file(str(checkpoint / f"{PENDING}.safetensors")), meta["lists"])
         pending = stages.Generation(meta["version"], None, done=(batch, meta["seconds"]))
-    return state["step"], state["version"], pending
+    return state, pending
 
 
 def first_sync(actors: ActorGroups, expected_version: int) -> dict[str, float]:
@@ -182,9 +183,11 @@ def fit(cfg: JobConfig, resume: str | None = None) -> Path:
     try:
         if persona_data is not None:
             stages.set_pole_anchor(actors, persona_data)
-        start, version, pending = restore_checkpoint(actors, checkpoint, stream) if checkpoint else (0, 0, None)
+        state, pending = restore_checkpoint(actors, checkpoint, stream) if checkpoint else ({}, None)
+        start, version = state.get("step", 0), state.get("version", 0)
+        kl_coef = state.get("kl_coef", cfg.algorithm.kl.coef)  # saved since kl.target exists; fixed before
         startup = first_sync(actors, version)
-        train(cfg, actors, stream, run_dir, start, version, startup, pending, held_out)
+        train(cfg, actors, stream, run_dir, start, version, startup, pending, held_out, kl_coef)
     finally:
         release(actors)
     return run_dir
@@ -200,12 +203,16 @@ def train(
     startup: dict[str, float] | None = None,
     pending: stages.Generation | None = None,
     held_out: list[PromptRecord] | None = None,
+    kl_coef: float | None = None,
 ) -> None:
     """The RL loop, one stage per block, from step ``start + 1`` with rollouts holding weights ``version``;
     ``startup`` metrics (the first sync) are logged with the first step; ``pending``: a resumed run's next
     replies, sampled one step off policy before its checkpoint; ``held_out``: the prompts of run.eval_every's
-    evaluations."""
+    evaluations; ``kl_coef``: beta at the start (default algorithm.kl.coef), adapted after each step when
+    algorithm.kl.target is set."""
     experts = cfg.policy.experts
+    kl = cfg.algorithm.kl
+    kl_coef = kl.coef if kl_coef is None else kl_coef
     tracker = Tracker(run_dir, cfg.run.steps, experts, start_step=start)
     try:
         if held_out and start == 0:  # the starting point every later evaluation compares with
@@ -232,11 +239,11 @@ def train(
 
             # 4. advantages: GRPO group baselines or PPO's GAE (cheap; on the driver)
             with stages.timed(timings, "adv"):
-                stages.compute_advantages(batch, cfg.algorithm)
+                stages.compute_advantages(batch, cfg.algorithm, kl_coef)
 
             # 5. update router + experts on the DeepSpeed learners
             with stages.timed(timings, "update"):
-                learner_metrics = stages.update(actors, batch, cfg)
+                learner_metrics = stages.update(actors, batch, cfg, kl_coef)
 
             # 6. push the new adapters (not the base) to the rollout actors, after the replies they are sampling
             if pending is not None:
@@ -254,6 +261,7 @@ def train(
                 **stages.rollout_metrics(batch, experts, timings["timing/gen"]),
                 **{key: value.mean().item() for key, value in scored.components.items()},
                 **learner_metrics,
+                "kl/coef": kl_coef,  # the beta this step used
                 "rollout/version_lag": float(lag),  # updates between the sampling weights and the learner's
                 "sync/bytes": float(sync_bytes),
                 "sync/seconds": timings["timing/sync"],
@@ -262,12 +270,15 @@ def train(
                 **(startup if step == start + 1 and startup else {}),
             }
             tracker.log(step, metrics)
+            if kl.target is not None:  # the next step's beta, from this step's KL
+                kl_coef = adaptive_kl_coef(kl_coef, learner_metrics["kl"], kl.target, kl.horizon, len(batch))
             if evaluation is not None:
                 tracker.log_eval(step, *evaluation)
             if step % cfg.run.save_every == 0 or step == cfg.run.steps:
                 state = {
                     "step": step,
                     "version": version,
+                    "kl_coef": kl_coef,
                     "data": stream.state_dict(),
                     "rewards": ray.get(actors.reward.state_dict.remote()),
                 }

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlhf.kl import get_kl_estimator, k1, k2, k3, kl_shaped_token_rewards
+from rlhf.kl import adaptive_kl_coef, get_kl_estimator, k1, k2, k3, kl_shaped_token_rewards
 
 NAN = float("nan")
 
@@ -70,3 +70,16 @@ def test_shaped_rewards_match_loop_with_gaps() -> None:
     out = kl_shaped_token_rewards(rewards, kl, mask, kl_coef=0.2)
     torch.testing.assert_close(out, shaped_loop_reference(rewards, kl, mask, 0.2))
     torch.testing.assert_close(out.sum(-1), torch.where(mask.any(-1), rewards, 0.0) - 0.2 * kl.nan_to_num().sum(-1))
+
+
+@pytest.mark.parametrize(
+    ("kl", "expected"),
+    [
+        (0.05, 0.1),  # on target: beta stays
+        (0.055, 0.1 * (1 + 0.1 * 16 / 100)),  # 10% over: +0.1 * samples / horizon
+        (0.5, 0.1 * (1 + 0.2 * 16 / 100)),  # far over: the error is clipped at +0.2
+        (0.0, 0.1 * (1 - 0.2 * 16 / 100)),  # no KL at all: clipped at -0.2
+    ],
+)
+def test_adaptive_kl_coef_hand_values(kl: float, expected: float) -> None:
+    assert adaptive_kl_coef(0.1, kl, target=0.05, horizon=100, samples=16) == pytest.approx(expected)

@@ -291,3 +291,25 @@ def test_rollout_correction_weights_the_policy_loss(ray_local, tiny_model_dir) -
     assert off["rollout_is/mismatch_kl"] > 40  # logged without correction too
     assert truncated["rollout_is/bounded_frac"] == 1.0 and truncated["rollout_is/weight_mean"] == pytest.approx(2.0)
     assert truncated["loss"] == pytest.approx(2 * off["loss"], rel=1e-5)
+
+
+def test_update_uses_the_drivers_kl_coefficient(ray_local, tiny_model_dir) -> None:
+    """The driver's beta (the adaptive controller's, algorithm.kl.target) reaches the learner's loss: after one
+    update has moved the experts off the base, an update with beta = 1e5 has a loss of ~1e5 * KL (one micro-batch,
+    so the loss's token mean and the logged KL cover the same tokens)."""
+    overrides = tiny_overrides(tiny_model_dir, "algorithm.kl.coef=0.0", "learner.micro_batch_size=8")
+    cfg = load_config(None, overrides)
+    batch = sample_batch(overrides)
+    actors = create_actors(cfg)
+    try:
+        results = []
+        for kl_coef in (None, 1e5):  # the config's 0, then the driver's
+            b = batch.select(slice(None))
+            stages.score(actors, b)
+            stages.compute_advantages(b, cfg.algorithm, kl_coef)
+            results.append(stages.update(actors, b, cfg, kl_coef))
+    finally:
+        release(actors)
+    first, second = results
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6) and second["kl"] > 1e-6
+    assert second["loss"] == pytest.approx(1e5 * second["kl"], rel=0.02)

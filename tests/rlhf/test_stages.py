@@ -51,6 +51,8 @@ def test_kl_in_reward_lowers_the_advantage_of_the_drifting_sample() -> None:
     compute_advantages(batch, cfg.algorithm)
     # sample 0: k1 = 1 per token, 3 tokens -> reward 1 - 0.5*3 = -0.5; sample 1: reward 1 -> A0 < 0 < A1
     assert batch.advantages[0, 0] < 0 < batch.advantages[1, 0]
+    compute_advantages(batch, cfg.algorithm, kl_coef=0.0)  # the driver's (adaptive) beta overrides the config's
+    assert torch.equal(batch.advantages, torch.zeros(2, 3))
     cfg = load_config(None, ["algorithm.kl.placement=loss"])
     compute_advantages(batch, cfg.algorithm)
     assert torch.equal(batch.advantages, torch.zeros(2, 3))  # equal rewards, no KL in the reward

@@ -105,10 +105,11 @@ def test_resume_is_exact(ray_local, tiny_model_dir, tmp_path, off_policy) -> Non
     """4 straight steps == 2 steps + --resume + 2 steps: optimizer, scheduler, data cursor and rewards all restored.
     One step off policy, each step after the first learns from replies sampled with the weights before the last
     update, and the checkpoint carries the next step's replies, sampled before it was written. The straight run
-    also evaluates on held-out prompts (run.eval_every), which must change nothing the training sees."""
+    also evaluates on held-out prompts (run.eval_every), which must change nothing the training sees; beta adapts
+    (algorithm.kl.target), so the checkpoint must carry it."""
     common = [
         "rewards.components=[{name: chars_for_tests, weight: 1}]", "learner.warmup_steps=3",
-        f"rollout.one_step_off_policy={off_policy}",
+        f"rollout.one_step_off_policy={off_policy}", "algorithm.kl.target=0.001", "algorithm.kl.horizon=16",
     ]  # fmt: skip
     straight = fit(load_config("configs/tiny_test.yaml", tiny_job_overrides(
         tiny_model_dir, tmp_path, "run.name=straight", "run.steps=4", "run.eval_every=3", "data.eval_prompts=3",
@@ -125,9 +126,10 @@ def test_resume_is_exact(ray_local, tiny_model_dir, tmp_path, off_policy) -> Non
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert [s for s, r in enumerate(b, 1) if "sync/full_bytes" in r] == [1, 3]  # each start syncs a full snapshot
     for ra, rb in zip(a, b, strict=True):
-        for key in (*STEP_METRICS, "lr/experts", "lr/router"):
+        for key in (*STEP_METRICS, "lr/experts", "lr/router", "kl/coef"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (ra["step"], key)
     assert a[3]["lr/experts"] != a[1]["lr/experts"]  # warm-up moved the LR, so the scheduler state mattered
+    assert len({r["kl/coef"] for r in a}) == 4  # the adaptive beta moved every step, and the checkpoint kept it
     assert [r["rollout/version_lag"] for r in b] == ([0, 1, 1, 1] if off_policy else [0, 0, 0, 0])
     assert (tmp_path / "split/checkpoints/step_2/next_rollouts.safetensors").exists() == off_policy
     evals = [json.loads(line) for line in (straight / "eval.jsonl").read_text().splitlines()]
