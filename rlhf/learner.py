@@ -330,10 +330,16 @@ class Learner:
             anchor_kl = router_anchor_kl(routed.probs, self.anchor_router(features.to(anchor_dtype)).probs)
             router_terms = router_terms + algo.router_anchor_coef * anchor_kl
         loss = loss + router_terms * len(mb) / minibatch_rows
-        anchor = self._pole_anchor_loss() if self.engine.is_gradient_accumulation_boundary() else None
+        boundary = self.engine.is_gradient_accumulation_boundary()  # this micro-step ends an optimizer step
+        anchor = self._pole_anchor_loss() if boundary else None
         total = loss if anchor is None else loss + algo.pole_anchor.coef * anchor
         self.engine.backward(total * self.grad_accum)  # DeepSpeed divides by grad_accum; the counts already did
+        own_norm = self._grad_norm() if boundary and self.cfg.learner.zero_stage == 0 else None
         self.engine.step()
+        grad_norm = None
+        if boundary:  # before clipping: ZeRO's optimizer keeps the norm it clipped with; ZeRO-0's torch AdamW none
+            grad_norm = self.engine.get_global_grad_norm()
+            grad_norm = own_norm if grad_norm is None else torch.as_tensor(grad_norm, dtype=torch.float32)
         reported = {
             "loss": loss,
             "kl": masked_mean(kl, mask),
@@ -344,9 +350,18 @@ class Learner:
             **is_metrics,
             **({"router/anchor_kl": anchor_kl} if anchor_kl is not None else {}),
             **({"pole_anchor/loss": anchor} if anchor is not None else {}),
+            **({"grad_norm": grad_norm} if grad_norm is not None else {}),
             **critic_metrics,
         }
-        return {key: value.detach().float() for key, value in reported.items()}  # 0-dim, on the device
+        return {key: value.detach().float().to(loss.device) for key, value in reported.items()}  # 0-dim
+
+    def _grad_norm(self) -> Tensor:
+        """Global 2-norm of the trainable parameters' gradients (ZeRO-0 keeps them whole, already averaged over
+        the data-parallel ranks at the accumulation boundary)."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
     def _pole_anchor_loss(self) -> Tensor | None:
         """Once per optimizer step (on its last micro-batch): the pole contrast on this rank's next block of pairs."""

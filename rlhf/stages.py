@@ -233,7 +233,12 @@ def sync_weights(actors: ActorGroups) -> tuple[int, int]:
     return version, nbytes
 
 
-def rollout_metrics(batch: RolloutBatch, experts: tuple[str, ...], gen_seconds: float) -> dict[str, float]:
+def rollout_metrics(
+    batch: RolloutBatch, experts: tuple[str, ...], gen_seconds: float, max_new_tokens: int | None = None
+) -> dict[str, float]:
+    """The step's reward, reply-length, throughput and routing metrics; ``response/clip_frac`` (with
+    ``max_new_tokens``): the share of replies that used every token allowed, i.e. were cut off (or ended exactly
+    there)."""
     lengths = batch.response_mask.sum(-1).float()  # (B,)
     weights = batch.routing_weights.float()  # (B, E)
     entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1).mean()
@@ -248,6 +253,7 @@ def rollout_metrics(batch: RolloutBatch, experts: tuple[str, ...], gen_seconds: 
         "reward/mean": batch.rewards.mean().item(),
         "reward/std": batch.rewards.std().item() if len(batch) > 1 else 0.0,
         "response_len": lengths.mean().item(),
+        **({"response/clip_frac": (lengths >= max_new_tokens).float().mean().item()} if max_new_tokens else {}),
         "rollout/tokens_per_s": lengths.sum().item() / max(gen_seconds, 1e-9),
         "router/entropy": entropy.item(),
         **{f"router/weight/{e}": w.item() for e, w in zip(experts, weights.mean(0), strict=True)},

@@ -258,7 +258,7 @@ def train(
                 with stages.timed(timings, "eval"):
                     evaluation = evaluate(cfg, actors, held_out, version)
             metrics = {
-                **stages.rollout_metrics(batch, experts, timings["timing/gen"]),
+                **stages.rollout_metrics(batch, experts, timings["timing/gen"], cfg.rollout.max_new_tokens),
                 **{key: value.mean().item() for key, value in scored.components.items()},
                 **learner_metrics,
                 "kl/coef": kl_coef,  # the beta this step used

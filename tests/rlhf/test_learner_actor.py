@@ -70,6 +70,11 @@ def test_one_and_two_learners_agree(ray_local, tiny_model_dir) -> None:
         one_step(load_config(None, [*overrides, f"learner.num_learners={n}"]), batch) for n in (1, 2)
     )
     assert abs(m1["loss"] - m2["loss"]) < 1e-5 and m1["loss"] != 0.0
+    # the global gradient norm before clipping: ZeRO-2's partitions on 2 ranks, and ZeRO-0's whole gradients
+    m0, _, _ = one_step(load_config(None, [*overrides, "learner.zero_stage=0"]), batch)
+    assert m1["grad_norm"] > 0
+    assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
+    assert m0["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
     router1, router2 = s1.tensors["router.mlp.2.weight"], s2.tensors["router.mlp.2.weight"]
     torch.testing.assert_close(router2, router1, atol=1e-5, rtol=1e-4)
     b = first_lora_b(s1)

@@ -70,8 +70,9 @@ def test_rollout_metrics() -> None:
     batch = make_batch(2, 2, 3)
     batch.rewards = torch.tensor([1.0, 3.0])
     batch.routing_weights = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
-    m = rollout_metrics(batch, ("openness_high", "openness_low"), gen_seconds=2.0)
-    assert m["reward/mean"] == 2.0 and m["rollout/tokens_per_s"] == 3.0
+    batch.response_mask[1, 2] = 0  # row 0 used all 3 tokens, row 1 stopped after 2
+    m = rollout_metrics(batch, ("openness_high", "openness_low"), gen_seconds=2.0, max_new_tokens=3)
+    assert m["reward/mean"] == 2.0 and m["rollout/tokens_per_s"] == 2.5 and m["response/clip_frac"] == 0.5
     assert m["router/weight/openness_high"] == 0.75
     assert abs(m["router/entropy"] - torch.log(torch.tensor(2.0)).item() / 2) < 1e-6
 

@@ -18,7 +18,7 @@ from tests.conftest import tiny_job_overrides
 REQUIRED = (
     "reward/mean", "reward/std", "reward/validation", "safety/safety_rules", "kl", "entropy", "loss", "clip_frac",
     "response_len", "rollout/tokens_per_s", "sync/bytes", "sync/seconds", "time/step_s", "router/entropy",
-    "router/weight/agreeableness_high",
+    "router/weight/agreeableness_high", "grad_norm", "response/clip_frac", "kl/coef", "rollout_is/mismatch_kl",
 )  # fmt: skip
 
 
