@@ -108,7 +108,9 @@ def evaluate(
         for i in range(0, len(records), prompts_per_batch)
     ]
     batch, seconds = concat([b for b, _ in parts]), sum(s for _, s in parts)
-    scored = ray.get(actors.reward.score.remote(batch.prompts, batch.completions, False, category=batch.categories))
+    scored = ray.get(
+        actors.reward.score.remote(batch.prompts, batch.completions, training=False, category=batch.categories)
+    )
     metrics = {
         "eval/reward/mean": scored.rewards.mean().item(),
         "eval/reward/std": scored.rewards.std().item() if len(batch) > 1 else 0.0,
