@@ -115,6 +115,7 @@ def evaluate(
         "eval/reward/mean": scored.rewards.mean().item(),
         "eval/reward/std": scored.rewards.std().item() if len(batch) > 1 else 0.0,
         **{f"eval/{key}": value.mean().item() for key, value in scored.components.items()},
+        **category_means(scored.rewards, batch.categories, "eval/category/{}/reward"),
         "eval/response_len": batch.response_mask.sum(-1).float().mean().item(),
         "eval/seconds": seconds,
     }
@@ -180,6 +181,16 @@ def _request_scores(actors: ActorGroups, batch: RolloutBatch) -> list[ray.Object
 def _fill_scores(batch: RolloutBatch, results: list[dict[str, torch.Tensor]]) -> None:
     for key in results[0]:
         setattr(batch, key, torch.cat([r[key] for r in results]))
+
+
+def category_means(values: torch.Tensor, categories: list[str | None], key: str) -> dict[str, float]:
+    """Mean of ``values`` (B,) per situation category, under ``key.format(category)``; rows without one are left
+    out."""
+    by_category: dict[str, list[int]] = {}
+    for row, category in enumerate(categories):
+        if category is not None:
+            by_category.setdefault(category, []).append(row)
+    return {key.format(c): values[rows].float().mean().item() for c, rows in by_category.items()}
 
 
 def compute_advantages(batch: RolloutBatch, algo: AlgorithmConfig, kl_coef: float | None = None) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from rlhf.config import load_config
 from rlhf.placement import ActorGroups
-from rlhf.stages import compute_advantages, minibatch_counts, rewards_and_scores, rollout_metrics
+from rlhf.stages import category_means, compute_advantages, minibatch_counts, rewards_and_scores, rollout_metrics
 from tests.rlhf.test_batch import make_batch
 
 
@@ -125,3 +125,9 @@ def test_a_failing_reward_raises_while_the_learners_still_score(ray_local, tmp_p
         assert not Path(release + ".finished").exists()  # raised without waiting for the learner
     finally:
         Path(release).touch()
+
+
+def test_category_means_leave_out_rows_without_a_category() -> None:
+    values = torch.tensor([1.0, 3.0, 5.0, 7.0])
+    means = category_means(values, ["grief", "work", "grief", None], "eval/category/{}/reward")
+    assert means == {"eval/category/grief/reward": 3.0, "eval/category/work/reward": 3.0}

@@ -137,6 +137,8 @@ def test_resume_is_exact(ray_local, tiny_model_dir, tmp_path, off_policy) -> Non
     assert evals[0]["eval/reward/chars_for_tests"] > 0 and "timing/eval" in a[2] and "timing/eval" not in a[1]
     replies = [json.loads(line) for line in (straight / "eval/step_3.jsonl").read_text().splitlines()]
     assert len(replies) == 3 * 2 and len({r["category"] for r in replies}) == 3  # 3 prompts x G=2, 3 categories
+    per_category = {k for k in evals[1] if k.startswith("eval/category/")}
+    assert per_category == {f"eval/category/{r['category']}/reward" for r in replies}
     assert (straight / "eval.png").exists() and not (resumed / "eval.jsonl").exists()
     final = [load_file(str(d / "policy/router.safetensors")) for d in (straight, resumed)]
     for key in final[0]:
