@@ -59,7 +59,7 @@ def make_batch(learner: Learner, seed: int = 0) -> RolloutBatch:
     batch = RolloutBatch(
         prompt_ids=ids[rows], prompt_mask=mask[rows], response_ids=responses, response_mask=torch.ones_like(responses),
         group_ids=rows, routing_weights=routed.weights[rows], rollout_logprobs=torch.zeros(responses.shape),
-        situation_features=routed.features[rows],
+        truncated=torch.ones(len(rows), dtype=torch.bool), situation_features=routed.features[rows],
     )  # fmt: skip
     batch.advantages = torch.randn(PROMPTS * G, 1, generator=gen).expand(-1, RESPONSE_TOKENS).contiguous()
     return batch

@@ -24,6 +24,7 @@ class RolloutBatch:
     routing_weights: Tensor  # (B, E) mixture weights the sample was generated with
     # per-policy log-probs
     rollout_logprobs: Tensor  # (B, T) log pi of each sampled token, as the engine computed it
+    truncated: Tensor  # (B,) bool: the reply reached rollout.max_new_tokens without ending (cut off)
     situation_features: Tensor | None = None  # (B, d) what the router read for the prompt (driver, from the route)
     old_logprobs: Tensor | None = None  # (B, T) learner's log pi_old (before this step's updates)
     ref_logprobs: Tensor | None = None  # (B, T) log pi_ref: the base with adapters off

@@ -159,6 +159,21 @@ class RolloutCorrectionConfig(FrozenConfig):
     clip_min: float | None = Field(None, gt=0, lt=1, description="Lower bound C_min on the ratio, or null (0).")
 
 
+class OverlongConfig(FrozenConfig):
+    """Replies that run into rollout.max_new_tokens (rlhf/overlong.py; DAPO, Yu et al. 2025): the rewards judge
+    them on text cut mid-sentence. Off by default."""
+
+    buffer: int = Field(
+        0, ge=0, description="Soft overlong punishment: a reply longer than rollout.max_new_tokens - buffer tokens "
+        "loses penalty * (excess / buffer) of reward, -penalty at the limit (0 = off).",
+    )  # fmt: skip
+    penalty: float = Field(1.0, gt=0, description="The soft punishment at the token limit (DAPO: 1).")
+    mask_truncated: bool = Field(
+        False, description="Replies cut off at rollout.max_new_tokens get no loss (DAPO's overlong filtering); they "
+        "still count in their group's reward baseline.",
+    )  # fmt: skip
+
+
 class AlgorithmConfig(FrozenConfig):
     name: Literal["grpo", "ppo"] = Field("grpo", description="grpo (group advantages) or ppo (critic + GAE).")
     scale_by_std: bool = Field(True, description="GRPO: divide by the group std (false = Dr.GRPO).")
@@ -181,6 +196,9 @@ class AlgorithmConfig(FrozenConfig):
     rollout_correction: RolloutCorrectionConfig = Field(
         default_factory=RolloutCorrectionConfig,
         description="Importance weights pi_old / pi_rollout on the policy loss (the rollout engine's numerics).",
+    )
+    overlong: OverlongConfig = Field(
+        default_factory=OverlongConfig, description="Replies cut off at the token limit: soft penalty, loss mask."
     )
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
     minibatches: int = Field(1, ge=1, description="Optimizer steps per epoch.")
@@ -292,6 +310,11 @@ class JobConfig(FrozenConfig):
             raise ValueError(
                 f"data.prompts_per_step ({self.data.prompts_per_step}) must divide among rollout.num_actors "
                 f"({self.rollout.num_actors})"
+            )
+        if self.algorithm.overlong.buffer > self.rollout.max_new_tokens:
+            raise ValueError(
+                f"algorithm.overlong.buffer ({self.algorithm.overlong.buffer}) is longer than rollout.max_new_tokens "
+                f"({self.rollout.max_new_tokens}): the penalty starts max_new_tokens - buffer tokens into a reply"
             )
         if self.rollout.one_step_off_policy and self.algorithm.rollout_correction.level == "none":
             raise ValueError(

@@ -28,6 +28,7 @@ from rlhf.config import JobConfig
 from rlhf.critic import ValueHead
 from rlhf.kl import get_kl_estimator
 from rlhf.masked import masked_mean
+from rlhf.overlong import without_truncated
 from rlhf.pole_anchor import PersonaData, PoleAnchor
 from rlhf.policy_loss import logprobs_and_entropy, policy_loss, value_loss
 from rlhf.prompts import PromptRecord
@@ -90,6 +91,12 @@ def deepspeed_config(cfg: JobConfig, grad_accum: int) -> dict:
         "zero_allow_untested_optimizer": True,  # torch AdamW: param groups give the router its own lr
         "steps_per_print": 10**9,
     }
+
+
+def loss_mask(mb: RolloutBatch, mask_truncated: bool) -> Tensor:
+    """(b, T) the tokens the loss trains on: the response tokens, without cut-off replies under
+    ``algorithm.overlong.mask_truncated``."""
+    return without_truncated(mb.response_mask, mb.truncated) if mask_truncated else mb.response_mask
 
 
 class Learner:
@@ -279,7 +286,8 @@ class Learner:
         return {"loss": values[0], **dict(zip(keys, values[1:], strict=True)), **lr}
 
     def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, Tensor]:
-        algo, mask = self.cfg.algorithm, mb.response_mask
+        algo = self.cfg.algorithm
+        mask = loss_mask(mb, algo.overlong.mask_truncated)
         features = self.features(mb)  # read at routing time: the frozen base gives the same now
         routed = self.policy.router(features)
         weights = replay_selection(routed.probs, mb.routing_weights)  # the experts the sample was drawn with

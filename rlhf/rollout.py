@@ -50,9 +50,10 @@ class HFEngine:
     @torch.no_grad()
     def sample(
         self, prompt_ids: Tensor, prompt_mask: Tensor, weights: Tensor, seeds: list[int], version: int
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(N, P) prompts and (N, E) weights -> response_ids, response_mask, rollout_logprobs, each (N*G, T).
-        One random stream for the batch, seeded by the first prompt's seed (``prompt_seeds``)."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(N, P) prompts and (N, E) weights -> response_ids, response_mask, rollout_logprobs, each (N*G, T), and
+        truncated (N*G,): no EOS within max_new_tokens. One random stream for the batch, seeded by the first
+        prompt's seed (``prompt_seeds``)."""
         g = self.cfg.samples_per_prompt
         device = self.policy.device
         ids, mask, w = (t.to(device).repeat_interleave(g, dim=0) for t in (prompt_ids, prompt_mask, weights))
@@ -83,7 +84,8 @@ class HFEngine:
             dim=1,
         )  # (N*G, T)
         response_mask = response_mask_until_eos(response_ids, tok.eos_token_id)
-        return response_ids.cpu(), response_mask.cpu(), (logprobs * response_mask).cpu()
+        truncated = ~(response_ids == tok.eos_token_id).any(-1)  # generate stops a row only at EOS or the limit
+        return response_ids.cpu(), response_mask.cpu(), (logprobs * response_mask).cpu(), truncated.cpu()
 
     def close(self) -> None:
         """Nothing to free: this engine writes no files."""
@@ -141,7 +143,9 @@ class RolloutWorker:
         _, prompt_ids, prompt_mask = tokenize_prompts(self.policy, records, self.cfg.data.max_prompt_tokens)
         g = self.cfg.rollout.samples_per_prompt
         seeds = prompt_seeds(seed, group_offset, len(records), g)
-        response_ids, response_mask, logprobs = self.engine.sample(prompt_ids, prompt_mask, weights, seeds, version)
+        response_ids, response_mask, logprobs, truncated = self.engine.sample(
+            prompt_ids, prompt_mask, weights, seeds, version
+        )
         return RolloutBatch(
             prompt_ids=prompt_ids.repeat_interleave(g, 0),
             prompt_mask=prompt_mask.repeat_interleave(g, 0),
@@ -150,6 +154,7 @@ class RolloutWorker:
             group_ids=torch.arange(len(records)).repeat_interleave(g) + group_offset,
             routing_weights=weights.repeat_interleave(g, 0),
             rollout_logprobs=logprobs,
+            truncated=truncated,
             prompts=[r.messages[-1]["content"] for r in records for _ in range(g)],  # the situation, for rewards
             completions=decode_responses(self.policy.tokenizer, response_ids, response_mask),
             categories=[r.category for r in records for _ in range(g)],

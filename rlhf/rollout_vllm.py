@@ -110,9 +110,10 @@ class VLLMEngine:
 
     def sample(
         self, prompt_ids: Tensor, prompt_mask: Tensor, weights: Tensor, seeds: list[int], version: int
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(N, P) prompts and (N, E) weights -> response_ids, response_mask, rollout_logprobs, each (N*G, T);
-        prompt i samples with seeds[i] (its own SamplingParams)."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(N, P) prompts and (N, E) weights -> response_ids, response_mask, rollout_logprobs, each (N*G, T), and
+        truncated (N*G,): stopped by max_tokens (finish_reason "length"); prompt i samples with seeds[i] (its own
+        SamplingParams)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -133,11 +134,13 @@ class VLLMEngine:
             for ids, m in zip(prompt_ids, prompt_mask, strict=True)
         ]
         outputs = self.llm.generate(prompts, params, lora_request=self._lora_requests(weights, version), use_tqdm=False)
-        tokens, logprobs = [], []
+        tokens, logprobs, truncated = [], [], []
         for output in outputs:
             for sample in output.outputs:
                 tokens.append(list(sample.token_ids))
+                truncated.append(sample.finish_reason == "length")
                 logprobs.append([step[t].logprob for step, t in zip(sample.logprobs, sample.token_ids, strict=True)])
         response_ids = pad_right(tokens, self.policy.tokenizer.pad_token_id, torch.long)
         response_mask = pad_right([[1] * len(t) for t in tokens], 0, torch.long)
-        return response_ids, response_mask, pad_right(logprobs, 0.0, torch.float32)
+        logprobs = pad_right(logprobs, 0.0, torch.float32)
+        return response_ids, response_mask, logprobs, torch.tensor(truncated, dtype=torch.bool)

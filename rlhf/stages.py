@@ -16,8 +16,9 @@ from rlhf.batch import RolloutBatch, concat
 from rlhf.build import RoutedPrompts
 from rlhf.config import AlgorithmConfig, JobConfig
 from rlhf.kl import get_kl_estimator, kl_shaped_token_rewards
-from rlhf.learner import MinibatchCounts
+from rlhf.learner import MinibatchCounts, loss_mask
 from rlhf.masked import masked_mean, masked_sum, masked_whiten
+from rlhf.overlong import soft_overlong_penalty
 from rlhf.placement import ActorGroups
 from rlhf.pole_anchor import PersonaData
 from rlhf.prompts import PromptRecord
@@ -117,6 +118,7 @@ def evaluate(
         **{f"eval/{key}": value.mean().item() for key, value in scored.components.items()},
         **category_means(scored.rewards, batch.categories, "eval/category/{}/reward"),
         "eval/response_len": batch.response_mask.sum(-1).float().mean().item(),
+        "eval/response/clip_frac": batch.truncated.float().mean().item(),
         "eval/seconds": seconds,
     }
     replies = [
@@ -220,10 +222,26 @@ def compute_advantages(batch: RolloutBatch, algo: AlgorithmConfig, kl_coef: floa
     batch.advantages = masked_whiten(advantages, mask) if algo.whiten_advantages else advantages
 
 
+def penalise_overlong(batch: RolloutBatch, cfg: JobConfig) -> dict[str, float]:
+    """algorithm.overlong.buffer: DAPO's soft punishment of replies near rollout.max_new_tokens, added to
+    ``batch.rewards`` ahead of the advantages. Returns ``reward/overlong``, its batch mean (nothing when off)."""
+    overlong = cfg.algorithm.overlong
+    if not overlong.buffer:
+        return {}
+    lengths = batch.response_mask.sum(-1)
+    penalty = soft_overlong_penalty(lengths, cfg.rollout.max_new_tokens, overlong.buffer, overlong.penalty)
+    batch.rewards = batch.rewards + penalty.to(batch.rewards.dtype)
+    return {"reward/overlong": penalty.mean().item()}
+
+
 def minibatch_counts(batch: RolloutBatch, cfg: JobConfig) -> list[MinibatchCounts]:
-    """Global valid-token and sequence counts of each minibatch, summed over the learner shards."""
+    """Global trained-token (``Learner.loss_mask``) and sequence counts of each minibatch, summed over the learner
+    shards."""
     shards = batch.shards(cfg.learner.num_learners)
-    per_shard = [[mb.response_mask.sum().item() for mb in s.shards(cfg.algorithm.minibatches)] for s in shards]
+    mask_truncated = cfg.algorithm.overlong.mask_truncated
+    per_shard = [
+        [loss_mask(mb, mask_truncated).sum().item() for mb in s.shards(cfg.algorithm.minibatches)] for s in shards
+    ]
     seqs = len(batch) / cfg.algorithm.minibatches
     return [MinibatchCounts(tokens=sum(col), seqs=seqs) for col in zip(*per_shard, strict=True)]
 
@@ -246,12 +264,9 @@ def sync_weights(actors: ActorGroups) -> tuple[int, int]:
     return version, nbytes
 
 
-def rollout_metrics(
-    batch: RolloutBatch, experts: tuple[str, ...], gen_seconds: float, max_new_tokens: int | None = None
-) -> dict[str, float]:
-    """The step's reward, reply-length, throughput and routing metrics; ``response/clip_frac`` (with
-    ``max_new_tokens``): the share of replies that used every token allowed, i.e. were cut off (or ended exactly
-    there)."""
+def rollout_metrics(batch: RolloutBatch, experts: tuple[str, ...], gen_seconds: float) -> dict[str, float]:
+    """The step's reward, reply-length, throughput and routing metrics; ``response/clip_frac``: the share of
+    replies cut off at rollout.max_new_tokens."""
     lengths = batch.response_mask.sum(-1).float()  # (B,)
     weights = batch.routing_weights.float()  # (B, E)
     entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1).mean()
@@ -266,7 +281,7 @@ def rollout_metrics(
         "reward/mean": batch.rewards.mean().item(),
         "reward/std": batch.rewards.std().item() if len(batch) > 1 else 0.0,
         "response_len": lengths.mean().item(),
-        **({"response/clip_frac": (lengths >= max_new_tokens).float().mean().item()} if max_new_tokens else {}),
+        "response/clip_frac": batch.truncated.float().mean().item(),
         "rollout/tokens_per_s": lengths.sum().item() / max(gen_seconds, 1e-9),
         "router/entropy": entropy.item(),
         **{f"router/weight/{e}": w.item() for e, w in zip(experts, weights.mean(0), strict=True)},

@@ -237,8 +237,10 @@ def train(
             #    at once when they use different devices (placement.overlap_rewards)
             scored = stages.rewards_and_scores(actors, batch, timings, overlap=cfg.overlaps_rewards)
 
-            # 4. advantages: GRPO group baselines or PPO's GAE (cheap; on the driver)
+            # 4. advantages: GRPO group baselines or PPO's GAE (cheap; on the driver), after DAPO's soft punishment of
+            #    replies near the token limit (algorithm.overlong.buffer)
             with stages.timed(timings, "adv"):
+                length_metrics = stages.penalise_overlong(batch, cfg)
                 stages.compute_advantages(batch, cfg.algorithm, kl_coef)
 
             # 5. update router + experts on the DeepSpeed learners
@@ -258,8 +260,9 @@ def train(
                 with stages.timed(timings, "eval"):
                     evaluation = evaluate(cfg, actors, held_out, version)
             metrics = {
-                **stages.rollout_metrics(batch, experts, timings["timing/gen"], cfg.rollout.max_new_tokens),
+                **stages.rollout_metrics(batch, experts, timings["timing/gen"]),
                 **{key: value.mean().item() for key, value in scored.components.items()},
+                **length_metrics,
                 **learner_metrics,
                 "kl/coef": kl_coef,  # the beta this step used
                 "rollout/version_lag": float(lag),  # updates between the sampling weights and the learner's

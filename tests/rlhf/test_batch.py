@@ -14,6 +14,7 @@ def make_batch(n: int, prompt_len: int, response_len: int, offset: int = 0) -> R
         group_ids=torch.arange(n) // 2 + offset,
         routing_weights=torch.full((n, 4), 0.5),  # E = 4 (= T of the first batch): never padded
         rollout_logprobs=torch.zeros(n, response_len),
+        truncated=torch.zeros(n, dtype=torch.bool),
         completions=[f"c{i}" for i in range(n)],
     )
 

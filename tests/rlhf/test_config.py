@@ -60,6 +60,8 @@ def test_overrides_parse_yaml_values() -> None:
         (["rollout.one_step_off_policy=true", "algorithm.rollout_correction.level=none"], "nothing weights"),
         (["algorithm.rollout_correction.clip_max=0.5"], "rollout_correction.clip_max"),
         (["run.eval_every=-1"], "run.eval_every"),
+        (["rollout.max_new_tokens=32", "algorithm.overlong.buffer=40"], "overlong.buffer \\(40\\) is longer"),
+        (["algorithm.overlong.penalty=0"], "overlong.penalty"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: list[str], message: str) -> None:

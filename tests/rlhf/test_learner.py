@@ -32,6 +32,7 @@ def test_score_splits_a_shard_as_the_update_splits_its_minibatches() -> None:
         response_ids=torch.ones(8, 6, dtype=torch.long),
         response_mask=(torch.arange(6)[None, :] < lengths[:, None]).long(),
         group_ids=rows // 2, routing_weights=torch.full((8, 10), 0.1), rollout_logprobs=torch.zeros(8, 6),
+        truncated=lengths == 6,
     )  # fmt: skip
     learner = SimpleNamespace(cfg=cfg)
     split = Learner.micro_batches(learner, batch, cfg.algorithm.minibatches)

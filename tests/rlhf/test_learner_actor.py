@@ -318,3 +318,20 @@ def test_update_uses_the_drivers_kl_coefficient(ray_local, tiny_model_dir) -> No
     first, second = results
     assert first["kl"] == pytest.approx(0.0, abs=1e-6) and second["kl"] > 1e-6
     assert second["loss"] == pytest.approx(1e5 * second["kl"], rel=0.02)
+
+
+def test_mask_truncated_leaves_the_cut_off_replies_out_of_the_loss(ray_local, tiny_model_dir) -> None:
+    """algorithm.overlong.mask_truncated trains exactly as if the cut-off replies had no tokens (the same loss and
+    the same new adapters), and differently from training on them."""
+    overrides = tiny_overrides(tiny_model_dir, "learner.micro_batch_size=4")
+    batch = sample_batch(overrides)
+    batch.truncated = torch.tensor([True, False, False, False, False, True, True, False])
+    without = batch.select(slice(None))
+    without.response_mask = without.response_mask * (~batch.truncated).long()[:, None]
+    masked, _, masked_state = one_step(load_config(None, [*overrides, "algorithm.overlong.mask_truncated=true"]), batch)
+    dropped, _, dropped_state = one_step(load_config(None, overrides), without)
+    trained, _, trained_state = one_step(load_config(None, overrides), batch)
+    assert masked["loss"] == pytest.approx(dropped["loss"], rel=1e-5) and masked["loss"] != trained["loss"]
+    b = first_lora_b(masked_state)
+    torch.testing.assert_close(masked_state.tensors[b], dropped_state.tensors[b], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(masked_state.tensors[b], trained_state.tensors[b], atol=1e-6)

@@ -65,9 +65,31 @@ def test_generate_and_logprobs_match_the_policy(tiny_model_dir, dtype: str, tol:
     assert batch.response_ids.shape == (8, 6) and batch.group_ids.tolist() == [10] * 4 + [11] * 4
     assert len(batch.completions) == 8 and batch.categories[0] == records[0].category
     assert ((batch.routing_weights > 0).sum(-1) == 2).all()  # top-2 routing
+    eos = worker.policy.tokenizer.eos_token_id
+    cut_off = [n == 6 and eos not in row.tolist() for row, n in zip(batch.response_ids, batch.response_mask.sum(-1))]
+    assert batch.truncated.tolist() == cut_off
     relogged = worker.policy.logprobs(batch.input_ids, batch.attention_mask, 6, batch.routing_weights)
     torch.testing.assert_close(relogged * batch.response_mask, batch.rollout_logprobs, atol=tol, rtol=0)
     assert (dtype == "fp32") == torch.allclose(relogged * batch.response_mask, batch.rollout_logprobs, atol=1e-4)
+
+
+def test_truncated_marks_the_replies_cut_off_at_the_limit(worker) -> None:
+    """An output bias makes EOS likely (p ~ 0.3 a token), so some of the 8 replies end within the 6 tokens and some
+    are cut off; ``truncated`` is set exactly on the cut-off ones."""
+    model, eos = worker.policy.model, worker.policy.tokenizer.eos_token_id
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[eos] = 10.0
+    model.lm_head = head
+    worker.set_weights(snapshot(worker.policy, version=0))
+    records = load_prompts("builtin")[:2]
+    batch = worker.generate(records, routed(worker, records), group_offset=0, version=0, seed=1)
+    lengths = batch.response_mask.sum(-1)
+    ended = torch.stack([row[n - 1] == eos for row, n in zip(batch.response_ids, lengths, strict=True)])
+    assert ended.any() and not ended.all()
+    assert torch.equal(batch.truncated, ~ended) and (lengths[batch.truncated] == 6).all()
 
 
 def test_samples_with_the_weights_it_is_given(worker) -> None:

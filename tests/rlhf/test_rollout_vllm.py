@@ -19,6 +19,7 @@ def test_vllm_rollout_logprobs_match_the_hf_mixture(tiny_model_dir) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["shape"][0] == 8 and result["tokens"] > 0 and result["finite"]
+    assert result["truncated_is_the_cut_off_rows"]
     assert result["max_logprob_gap"] < 1e-3  # the folded LoRA in vLLM is the mixture the learner scores
     assert result["adapter_folders"] == ["v1-p0", "v1-p1"]  # the first version's folders are gone
     assert not result["folder_left_after_close"]

@@ -10,7 +10,14 @@ import torch
 
 from rlhf.config import load_config
 from rlhf.placement import ActorGroups
-from rlhf.stages import category_means, compute_advantages, minibatch_counts, rewards_and_scores, rollout_metrics
+from rlhf.stages import (
+    category_means,
+    compute_advantages,
+    minibatch_counts,
+    penalise_overlong,
+    rewards_and_scores,
+    rollout_metrics,
+)
 from tests.rlhf.test_batch import make_batch
 
 
@@ -61,17 +68,39 @@ def test_kl_in_reward_lowers_the_advantage_of_the_drifting_sample() -> None:
 def test_minibatch_counts_are_global() -> None:
     batch = make_batch(8, 2, 4)
     batch.response_mask[:, 3] = 0  # 3 valid tokens per row
-    cfg = load_config(None, ["learner.num_learners=2", "algorithm.minibatches=2", "data.prompts_per_step=2"])
+    overrides = ["learner.num_learners=2", "algorithm.minibatches=2", "data.prompts_per_step=2"]
+    cfg = load_config(None, overrides)
     counts = minibatch_counts(batch, cfg)
     assert [(c.tokens, c.seqs) for c in counts] == [(12, 4), (12, 4)]
+    batch.truncated[[0, 6]] = True  # cut off: a reply in each minibatch (rank 0's first, rank 1's second)
+    assert [c.tokens for c in minibatch_counts(batch, cfg)] == [12, 12]  # trained on unless mask_truncated
+    masked = load_config(None, [*overrides, "algorithm.overlong.mask_truncated=true"])
+    assert [(c.tokens, c.seqs) for c in minibatch_counts(batch, masked)] == [(9, 4), (9, 4)]
+
+
+def test_the_soft_overlong_penalty_lowers_the_rewards_of_long_replies_before_the_advantages() -> None:
+    batch = make_batch(4, 2, 8)
+    batch.group_ids = torch.zeros(4, dtype=torch.long)
+    batch.response_mask = (torch.arange(8)[None, :] < torch.tensor([[3], [6], [7], [8]])).long()
+    batch.rewards = torch.ones(4)
+    cfg = load_config(None, ["rollout.max_new_tokens=8", "algorithm.overlong.buffer=4", "algorithm.overlong.penalty=2"])
+    metrics = penalise_overlong(batch, cfg)
+    # lengths 3, 6, 7, 8 against a penalty-free span of 8 - 4 = 4 tokens: 0, -2 * 2/4, -2 * 3/4, -2
+    assert batch.rewards.tolist() == [1.0, 0.0, -0.5, -1.0] and metrics == {"reward/overlong": -1.125}
+    compute_advantages(batch, cfg.algorithm)
+    assert batch.advantages[0, 0] > batch.advantages[1, 0] > batch.advantages[2, 0] > batch.advantages[3, 0]
+    batch.rewards = torch.ones(4)
+    assert penalise_overlong(batch, load_config(None, ["rollout.max_new_tokens=8"])) == {}  # off by default
+    assert batch.rewards.tolist() == [1.0] * 4
 
 
 def test_rollout_metrics() -> None:
     batch = make_batch(2, 2, 3)
     batch.rewards = torch.tensor([1.0, 3.0])
     batch.routing_weights = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
-    batch.response_mask[1, 2] = 0  # row 0 used all 3 tokens, row 1 stopped after 2
-    m = rollout_metrics(batch, ("openness_high", "openness_low"), gen_seconds=2.0, max_new_tokens=3)
+    batch.response_mask[1, 2] = 0  # row 0 was cut off at the limit of 3 tokens, row 1 stopped after 2
+    batch.truncated[0] = True
+    m = rollout_metrics(batch, ("openness_high", "openness_low"), gen_seconds=2.0)
     assert m["reward/mean"] == 2.0 and m["rollout/tokens_per_s"] == 2.5 and m["response/clip_frac"] == 0.5
     assert m["router/weight/openness_high"] == 0.75
     assert abs(m["router/entropy"] - torch.log(torch.tensor(2.0)).item() / 2) < 1e-6

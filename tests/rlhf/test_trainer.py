@@ -36,7 +36,8 @@ def test_two_grpo_steps(ray_local, tiny_model_dir, tmp_path, engine) -> None:
     rewards = "rewards.components=[{name: validation, weight: 1}, {name: chars_for_tests, weight: 1}]"
     off_policy = engine == "vllm"
     overrides = tiny_job_overrides(
-        tiny_model_dir, tmp_path, f"rollout.engine={engine}", rewards, f"rollout.one_step_off_policy={off_policy}"
+        tiny_model_dir, tmp_path, f"rollout.engine={engine}", rewards, f"rollout.one_step_off_policy={off_policy}",
+        "algorithm.overlong.buffer=4",
     )
     cfg = load_config("configs/tiny_test.yaml", overrides)
     adapter_folders = set(Path(tempfile.gettempdir()).glob("personafuse-lora-*"))
@@ -47,6 +48,8 @@ def test_two_grpo_steps(ray_local, tiny_model_dir, tmp_path, engine) -> None:
     for key in REQUIRED:
         assert key in rows[1], key
     assert rows[1]["sync/bytes"] > 0 and rows[1]["kl"] > 0  # step 2 learns on updated experts
+    for row in rows:  # each cut-off reply (8 tokens) loses 1, each other one of 5-7 tokens a quarter a token
+        assert -1.0 <= row["reward/overlong"] <= -row["response/clip_frac"]
     assert [r["rollout/version_lag"] for r in rows] == ([0, 1] if off_policy else [0, 0])
     assert (run_dir / "checkpoints/step_2/next_rollouts.safetensors").exists() == off_policy
     assert rows[0]["sync/full_bytes"] >= rows[0]["sync/bytes"] and "sync/full_bytes" not in rows[1]  # before step 1

@@ -38,6 +38,9 @@ def main() -> None:
     batch = worker.generate(records, weights, 0, 0, seed=3)
     relogged = full.logprobs(batch.input_ids, batch.attention_mask, batch.response_len, batch.routing_weights)
     gap = ((relogged - batch.rollout_logprobs) * batch.response_mask).abs().max().item()
+    lengths = batch.response_mask.sum(-1)
+    eos = worker.policy.tokenizer.eos_token_id
+    ended = [bool(row[n - 1] == eos) for row, n in zip(batch.response_ids, lengths.tolist(), strict=True)]
     worker.set_weights(snapshot(full, version=1))  # the next version's adapters replace the first's on disk
     twice = worker.generate(records[:1] * 2, weights[:1].repeat(2, 1), 0, 1, seed=4)  # one prompt, two groups
     folders = sorted(p.name for p in worker.engine.folder.iterdir())
@@ -52,6 +55,10 @@ def main() -> None:
         "repeated_prompt_groups_differ": not torch.equal(twice.response_ids[:4], twice.response_ids[4:]),
         "max_logprob_gap": gap,
         "tokens": int(batch.response_mask.sum()),
+        # cut off = stopped by max_tokens: all 6 tokens and no EOS at the end
+        "truncated_is_the_cut_off_rows": batch.truncated.tolist() == [n == 6 and not e for n, e in zip(
+            lengths.tolist(), ended, strict=True
+        )],
         "finite": bool(torch.isfinite(relogged).all()),
     }
     print(json.dumps(result))
