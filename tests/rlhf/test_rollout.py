@@ -66,7 +66,8 @@ def test_generate_and_logprobs_match_the_policy(tiny_model_dir, dtype: str, tol:
     assert len(batch.completions) == 8 and batch.categories[0] == records[0].category
     assert ((batch.routing_weights > 0).sum(-1) == 2).all()  # top-2 routing
     eos = worker.policy.tokenizer.eos_token_id
-    cut_off = [n == 6 and eos not in row.tolist() for row, n in zip(batch.response_ids, batch.response_mask.sum(-1))]
+    lengths = batch.response_mask.sum(-1)
+    cut_off = [n == 6 and eos not in row.tolist() for row, n in zip(batch.response_ids, lengths, strict=True)]
     assert batch.truncated.tolist() == cut_off
     relogged = worker.policy.logprobs(batch.input_ids, batch.attention_mask, 6, batch.routing_weights)
     torch.testing.assert_close(relogged * batch.response_mask, batch.rollout_logprobs, atol=tol, rtol=0)

@@ -38,7 +38,7 @@ def test_two_grpo_steps(ray_local, tiny_model_dir, tmp_path, engine) -> None:
     overrides = tiny_job_overrides(
         tiny_model_dir, tmp_path, f"rollout.engine={engine}", rewards, f"rollout.one_step_off_policy={off_policy}",
         "algorithm.overlong.buffer=4",
-    )
+    )  # fmt: skip
     cfg = load_config("configs/tiny_test.yaml", overrides)
     adapter_folders = set(Path(tempfile.gettempdir()).glob("personafuse-lora-*"))
     run_dir = fit(cfg)

@@ -41,6 +41,7 @@ def main() -> None:
     lengths = batch.response_mask.sum(-1)
     eos = worker.policy.tokenizer.eos_token_id
     ended = [bool(row[n - 1] == eos) for row, n in zip(batch.response_ids, lengths.tolist(), strict=True)]
+    cut_off = [n == 6 and not e for n, e in zip(lengths.tolist(), ended, strict=True)]  # max_tokens, no EOS
     worker.set_weights(snapshot(full, version=1))  # the next version's adapters replace the first's on disk
     twice = worker.generate(records[:1] * 2, weights[:1].repeat(2, 1), 0, 1, seed=4)  # one prompt, two groups
     folders = sorted(p.name for p in worker.engine.folder.iterdir())
@@ -55,10 +56,7 @@ def main() -> None:
         "repeated_prompt_groups_differ": not torch.equal(twice.response_ids[:4], twice.response_ids[4:]),
         "max_logprob_gap": gap,
         "tokens": int(batch.response_mask.sum()),
-        # cut off = stopped by max_tokens: all 6 tokens and no EOS at the end
-        "truncated_is_the_cut_off_rows": batch.truncated.tolist() == [n == 6 and not e for n, e in zip(
-            lengths.tolist(), ended, strict=True
-        )],
+        "truncated_is_the_cut_off_rows": batch.truncated.tolist() == cut_off,
         "finite": bool(torch.isfinite(relogged).all()),
     }
     print(json.dumps(result))
