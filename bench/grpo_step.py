@@ -3,7 +3,8 @@
 Same base model, same builtin prompts in the same per-step batches (PromptStream, seed 0), 4 prompts x G=4
 samples, at most 48 new tokens, temperature 1, lr 2e-3, KL coefficient 0.05 (k3, in the loss), PPO clip
 0.2/0.28, token-mean loss, group-normalised advantages, one generation round and one optimizer step per step,
-the same reward (rewards.compose.RewardComposer with DEFAULT_REWARDS). Variants, run one after the other:
+the same reward (rewards.compose.RewardComposer with DEFAULT_REWARDS; ours without the preset's overlong penalty,
+which TRL's run lacks). Variants, run one after the other:
   trl         trl.GRPOTrainer + a PEFT LoRA (rank 8, alpha 16, q/k/v/o/gate/up/down), transformers generate,
               in this process (torch threads 2), fp32
   trl_bf16    the same with GRPOConfig(bf16=True) (bf16 autocast on CPU): TRL's own mixed precision
@@ -85,6 +86,7 @@ def run_ours(engine: str, steps: int, workdir: Path) -> list[dict[str, float]]:
         f"algorithm.kl.coef={KL_COEF}",
         "algorithm.kl.estimator=k3",
         "algorithm.kl.placement=loss",
+        "algorithm.overlong.buffer=0",  # TRL's reward here has no length penalty either
     ]
     cfg = load_config(CONFIG, overrides)
     start = time.perf_counter()
