@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rlhf.masked import masked_var
+from rlhf.masked import masked_var, masked_whiten
 from rlhf.registry import Registry
 
 AdvantageFn = Callable[..., tuple[Tensor, Tensor]]
@@ -90,6 +90,56 @@ def grpo(
         centred = centred / (std + eps)
     advantages = _spread_over_tokens(centred, response_mask)
     return advantages, advantages
+
+
+@register_advantage("rloo")
+def rloo(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
+    """REINFORCE Leave-One-Out (Kool et al. 2019, "Buy 4 REINFORCE Samples, Get a Baseline for Free!"; Ahmadian et
+    al. 2024, arXiv:2402.14740): each sample's baseline is the mean reward of the other samples of its prompt,
+
+        A_i = r_i - (sum_{j in g, j != i} r_j) / (n_g - 1)      = n_g / (n_g - 1) * (r_i - mean_g(r))
+
+    an unbiased baseline (it does not depend on sample i), with no std scaling. A group of one sample has no other
+    to compare with: A = 0. Broadcast over the reply's tokens, as GRPO's.
+    Reads: rewards (B,), group_ids (B,) int, response_mask (B, T).
+    Returns (advantages (B, T), returns (B, T)), both equal and 0 at padding.
+    """
+    rewards, group_ids, response_mask = inputs.require("rewards", "group_ids", "response_mask", estimator="rloo")
+    rewards = rewards.to(torch.promote_types(rewards.dtype, torch.float32))
+    _, group = torch.unique(group_ids, return_inverse=True)  # (B,) dense group index
+    counts = torch.bincount(group).to(rewards.dtype)  # (K,)
+    group_sum = torch.zeros_like(counts).index_add(0, group, rewards)  # (K,)
+    others = (counts - 1.0)[group]  # (B,)
+    baseline = (group_sum[group] - rewards) / others.clamp_min(1.0)  # (B,) mean of the other samples
+    advantages = _spread_over_tokens(torch.where(others > 0, rewards - baseline, 0.0), response_mask)
+    return advantages, advantages
+
+
+@register_advantage("reinforce++")
+def reinforce_plus_plus(inputs: AdvantageInputs, *, gamma: float = 1.0) -> tuple[Tensor, Tensor]:
+    """REINFORCE++ (Hu et al. 2025, arXiv:2501.03262): the discounted reward-to-go of per-token rewards (the
+    sequence reward at the last token, -beta * KL_t at every token when the KL is in the reward), whitened over all
+    valid tokens of the batch instead of a critic or group baseline,
+
+        R_t = sum_{s >= t} gamma^(s - t) * r_s          (over the row's valid tokens)
+        A_t = (R_t - mean_batch(R)) / sqrt(var_batch(R) + 1e-8)      (masked_whiten, unbiased var)
+
+    Returns are R_t (what a critic would regress on). The batch statistics span every prompt, so no group of
+    samples is needed. (REINFORCE++-baseline, the group-mean variant, is ``grpo`` with normalize="batch".)
+    Reads: token_rewards (B, T), response_mask (B, T).
+    Returns (advantages (B, T), returns (B, T)), 0 at padding.
+    """
+    token_rewards, response_mask = inputs.require("token_rewards", "response_mask", estimator="reinforce++")
+    valid = response_mask.bool()
+    token_rewards = torch.where(valid, token_rewards, 0.0).to(torch.float32)  # (B, T)
+    returns = torch.zeros_like(token_rewards)
+    running = token_rewards.new_zeros(token_rewards.shape[0])  # (B,) reward-to-go after t
+    for t in reversed(range(token_rewards.shape[1])):
+        # padding carries the running sum unchanged and is zeroed below; a masked span keeps the next valid R
+        running = torch.where(valid[:, t], token_rewards[:, t] + gamma * running, running)
+        returns[:, t] = running
+    returns = torch.where(valid, returns, 0.0)
+    return masked_whiten(returns, response_mask), returns
 
 
 @register_advantage("gae")

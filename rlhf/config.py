@@ -176,6 +176,10 @@ class OverlongConfig(FrozenConfig):
 
 class AlgorithmConfig(FrozenConfig):
     name: Literal["grpo", "ppo"] = Field("grpo", description="grpo (group advantages) or ppo (critic + GAE).")
+    advantage: Literal["grpo", "rloo", "reinforce++"] = Field(
+        "grpo", description="Critic-free advantage (name grpo; PPO uses GAE): group-normalised (GRPO), leave-one-out "
+        "baseline (RLOO), or the reward-to-go whitened over the batch (REINFORCE++).",
+    )  # fmt: skip
     scale_by_std: bool = Field(True, description="GRPO: divide by the group std (false = Dr.GRPO).")
     normalize: Literal["group", "batch"] = Field("group", description="GRPO: std of the group or of the batch.")
     clip_low: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip below 1.")
@@ -202,7 +206,7 @@ class AlgorithmConfig(FrozenConfig):
     )
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
     minibatches: int = Field(1, ge=1, description="Optimizer steps per epoch.")
-    gamma: float = Field(1.0, ge=0, le=1, description="PPO: discount.")
+    gamma: float = Field(1.0, ge=0, le=1, description="PPO and REINFORCE++: discount.")
     lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE lambda.")
     value_clip: float | None = Field(0.2, gt=0, description="PPO: value clip range, or null.")
     vf_coef: float = Field(0.5, ge=0, description="PPO: value-loss weight.")
@@ -310,6 +314,11 @@ class JobConfig(FrozenConfig):
             raise ValueError(
                 f"data.prompts_per_step ({self.data.prompts_per_step}) must divide among rollout.num_actors "
                 f"({self.rollout.num_actors})"
+            )
+        if self.algorithm.name == "ppo" and self.algorithm.advantage != "grpo":
+            raise ValueError(
+                f"algorithm.advantage={self.algorithm.advantage} is a critic-free estimator for algorithm.name=grpo; "
+                "PPO's advantages are GAE over its critic"
             )
         if self.algorithm.overlong.buffer > self.rollout.max_new_tokens:
             raise ValueError(

@@ -198,10 +198,12 @@ def category_means(values: torch.Tensor, categories: list[str | None], key: str)
 def compute_advantages(batch: RolloutBatch, algo: AlgorithmConfig, kl_coef: float | None = None) -> None:
     """Advantages and returns (B, T) on the driver.
 
-    grpo: group-relative advantages of the sequence rewards; with kl.placement=reward, beta * sum_t KL_t is
-          subtracted from each sequence reward first.
-    ppo:  GAE over per-token rewards (the sequence reward at the last token; -beta * KL_t at every token when
-          kl.placement=reward) against the critic's values; advantages optionally whitened over the batch.
+    grpo, algorithm.advantage:
+      grpo / rloo:  group-relative advantages of the sequence rewards (group mean and std, or the leave-one-out
+                    mean); with kl.placement=reward, beta * sum_t KL_t is subtracted from each sequence reward first.
+      reinforce++:  the reward-to-go of per-token rewards (the sequence reward at the last token; -beta * KL_t at
+                    every token when kl.placement=reward), whitened over the batch.
+    ppo:  GAE over those per-token rewards against the critic's values; advantages optionally whitened over the batch.
     """
     mask = batch.response_mask
     beta = algo.kl.coef if kl_coef is None else kl_coef  # the adaptive controller's beta, when kl.target is set
@@ -209,14 +211,17 @@ def compute_advantages(batch: RolloutBatch, algo: AlgorithmConfig, kl_coef: floa
     kl = torch.zeros_like(mask, dtype=torch.float32)  # (B, T); only the in-reward placement reads it here
     if algo.kl.placement == "reward":
         kl = get_kl_estimator(algo.kl.estimator)(batch.old_logprobs, batch.ref_logprobs)
-    if algo.name == "grpo":
+    if algo.name == "grpo" and algo.advantage != "reinforce++":
         rewards = batch.rewards - in_reward * masked_sum(kl, mask, dim=-1)  # (B,)
         inputs = AdvantageInputs(mask, rewards=rewards, group_ids=batch.group_ids)
-        batch.advantages, batch.returns = get_advantage("grpo")(
-            inputs, scale_by_std=algo.scale_by_std, normalize=algo.normalize
-        )
+        options = {"scale_by_std": algo.scale_by_std, "normalize": algo.normalize} if algo.advantage == "grpo" else {}
+        batch.advantages, batch.returns = get_advantage(algo.advantage)(inputs, **options)
         return
     batch.token_rewards = kl_shaped_token_rewards(batch.rewards, kl, mask, in_reward)  # (B, T)
+    if algo.name == "grpo":  # reinforce++
+        inputs = AdvantageInputs(mask, token_rewards=batch.token_rewards)
+        batch.advantages, batch.returns = get_advantage("reinforce++")(inputs, gamma=algo.gamma)
+        return
     inputs = AdvantageInputs(mask, token_rewards=batch.token_rewards, values=batch.values)
     advantages, batch.returns = get_advantage("gae")(inputs, gamma=algo.gamma, lam=algo.lam)
     batch.advantages = masked_whiten(advantages, mask) if algo.whiten_advantages else advantages

@@ -151,5 +151,42 @@ def test_dispatch_by_name_and_missing_inputs() -> None:
         get_advantage("gae")(inputs)
     with pytest.raises(ValueError, match="normalize must be 'group' or 'batch'"):
         grpo(inputs, normalize="global")
-    with pytest.raises(ValueError, match="unknown advantage 'rloo'; registered: grpo, gae"):
-        get_advantage("rloo")
+    with pytest.raises(ValueError, match=r"unknown advantage 'vtrace'; registered: grpo, rloo, reinforce\+\+, gae"):
+        get_advantage("vtrace")
+
+
+def test_rloo_hand_values_and_the_scaled_grpo_identity() -> None:
+    # group 0 [1, 2, 3]: baselines (2+3)/2, (1+3)/2, (1+2)/2 = 2.5, 2, 1.5 -> A = -1.5, 0, 1.5
+    # group 1 [0, 0, 3]: baselines 1.5, 1.5, 0 -> A = -1.5, -1.5, 3
+    mask = _mask([2, 2, 1, 2, 2, 0], T=2)
+    inputs = AdvantageInputs(response_mask=mask, rewards=REWARDS, group_ids=GROUP_IDS)
+    adv, returns = get_advantage("rloo")(inputs)
+    per_seq = torch.tensor([-1.5, -1.5, 0.0, -1.5, 1.5, 3.0])
+    torch.testing.assert_close(adv, per_seq.unsqueeze(1) * mask)
+    assert adv is returns
+    # A_rloo = n / (n - 1) * (r - mean_g): Dr.GRPO's centred reward, scaled by 3/2 for groups of 3
+    centred = AdvantageInputs(response_mask=torch.ones(6, 1), rewards=REWARDS, group_ids=GROUP_IDS)
+    dr, _ = grpo(centred, scale_by_std=False)
+    torch.testing.assert_close(adv[:, 0], 1.5 * dr[:, 0] * mask[:, 0])
+
+
+def test_rloo_groups_of_one_and_of_two() -> None:
+    rewards, groups = torch.tensor([4.0, 1.0, 3.0]), torch.tensor([7, 2, 7])  # group 7 of two, group 2 of one
+    adv, _ = get_advantage("rloo")(AdvantageInputs(response_mask=torch.ones(3, 1), rewards=rewards, group_ids=groups))
+    assert adv[:, 0].tolist() == [1.0, 0.0, -1.0]  # 4 - 3, no other sample, 3 - 4
+
+
+def test_reinforce_plus_plus_hand_values() -> None:
+    """Reward-to-go with gamma 0.5 over valid tokens (padding and an interior gap skipped), then whitened."""
+    token_rewards = torch.tensor([[0.0, -1.0, 4.0], [2.0, NAN, 2.0], [1.0, 5.0, NAN]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 0, 0]])
+    adv, returns = get_advantage("reinforce++")(AdvantageInputs(mask, token_rewards=token_rewards), gamma=0.5)
+    # row 0: R = [0 + 0.5 * (-1 + 0.5 * 4), -1 + 0.5 * 4, 4] = [0.5, 1, 4]; row 1: [2 + 0.5 * 2, -, 2] = [3, -, 2];
+    # row 2: [1]
+    expected_returns = torch.tensor([[0.5, 1.0, 4.0], [3.0, 0.0, 2.0], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(returns, expected_returns)
+    valid = torch.tensor([0.5, 1.0, 4.0, 3.0, 2.0, 1.0])  # mean 1.9166.., unbiased var
+    whitened = (valid - valid.mean()) / torch.sqrt(valid.var() + 1e-8)
+    torch.testing.assert_close(adv[mask.bool()], whitened)
+    assert (adv[~mask.bool()] == 0).all()
+    assert abs(adv[mask.bool()].mean().item()) < 1e-6

@@ -62,6 +62,7 @@ def test_overrides_parse_yaml_values() -> None:
         (["run.eval_every=-1"], "run.eval_every"),
         (["rollout.max_new_tokens=32", "algorithm.overlong.buffer=40"], "overlong.buffer \\(40\\) is longer"),
         (["algorithm.overlong.penalty=0"], "overlong.penalty"),
+        (["algorithm.name=ppo", "algorithm.advantage=rloo"], "critic-free estimator"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: list[str], message: str) -> None:

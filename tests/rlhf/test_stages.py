@@ -65,6 +65,28 @@ def test_kl_in_reward_lowers_the_advantage_of_the_drifting_sample() -> None:
     assert torch.equal(batch.advantages, torch.zeros(2, 3))  # equal rewards, no KL in the reward
 
 
+def test_rloo_and_reinforce_plus_plus_advantages_from_the_config() -> None:
+    batch = make_batch(4, 2, 3)  # groups [0, 0, 1, 1]
+    batch.response_mask[3, 2] = 0
+    batch.rewards = torch.tensor([1.0, 3.0, 0.0, 4.0])
+    batch.old_logprobs = torch.tensor([[0.0, 0.0, 0.0], [-1.0, -1.0, -1.0], [0.0] * 3, [0.0] * 3])
+    batch.ref_logprobs = torch.full((4, 3), -1.0)
+    kl = ["algorithm.kl.placement=reward", "algorithm.kl.coef=0.5", "algorithm.kl.estimator=k1"]
+    compute_advantages(batch, load_config(None, ["algorithm.advantage=rloo"]).algorithm)
+    assert batch.advantages[:, 0].tolist() == [-2.0, 2.0, -4.0, 4.0]  # r - the other sample's r
+    compute_advantages(batch, load_config(None, ["algorithm.advantage=rloo", *kl]).algorithm)
+    # k1 = 1 a token on rows 0, 2, 3 (3, 3, 2 tokens): rewards 1 - 1.5, 3, 0 - 1.5, 4 - 1
+    assert batch.advantages[:, 0].tolist() == [-3.5, 3.5, -4.5, 4.5]
+    compute_advantages(batch, load_config(None, ["algorithm.advantage=reinforce++", *kl]).algorithm)
+    # per-token rewards -0.5 a token where k1 = 1, the sequence reward on the last token; summed to go
+    expected = torch.tensor([[-0.5, 0.0, 0.5], [3.0, 3.0, 3.0], [-1.5, -1.0, -0.5], [3.0, 3.5, 0.0]])
+    torch.testing.assert_close(batch.returns, expected)
+    valid = batch.response_mask.bool()
+    whitened = (expected[valid] - expected[valid].mean()) / torch.sqrt(expected[valid].var() + 1e-8)
+    torch.testing.assert_close(batch.advantages[valid], whitened)  # over the whole batch, not per group
+    assert batch.advantages[3, 2] == 0
+
+
 def test_minibatch_counts_are_global() -> None:
     batch = make_batch(8, 2, 4)
     batch.response_mask[:, 3] = 0  # 3 valid tokens per row

@@ -31,13 +31,14 @@ def _chars_factory():
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
 def test_two_grpo_steps(ray_local, tiny_model_dir, tmp_path, engine) -> None:
-    """Two GRPO steps; with vLLM one step off policy (on-policy vLLM is the PPO test's), so the vLLM actor also
+    """Two critic-free steps (RLOO's advantages with HF, REINFORCE++'s with vLLM; the default GRPO estimator runs in
+    the resume test); with vLLM one step off policy (on-policy vLLM is the PPO test's), so the vLLM actor also
     samples step 2 while the learner updates on step 1 and loads the new weights after."""
     rewards = "rewards.components=[{name: validation, weight: 1}, {name: chars_for_tests, weight: 1}]"
     off_policy = engine == "vllm"
     overrides = tiny_job_overrides(
         tiny_model_dir, tmp_path, f"rollout.engine={engine}", rewards, f"rollout.one_step_off_policy={off_policy}",
-        "algorithm.overlong.buffer=4",
+        "algorithm.overlong.buffer=4", f"algorithm.advantage={'reinforce++' if off_policy else 'rloo'}",
     )  # fmt: skip
     cfg = load_config("configs/tiny_test.yaml", overrides)
     adapter_folders = set(Path(tempfile.gettempdir()).glob("personafuse-lora-*"))
