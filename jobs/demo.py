@@ -122,9 +122,17 @@ def show_results(cfg, run_dir: Path) -> None:
     early = sum(r["reward/mean"] for r in rows[:half]) / half
     late = sum(r["reward/mean"] for r in rows[half:]) / max(len(rows) - half, 1)
     print(f"reward/mean, first half vs second half of the run: {early:.3f} -> {late:.3f}")
+    if "reward/overlong" in last:  # algorithm.overlong.buffer: reward/mean includes the length penalty
+        print(f"  of which the overlong penalty: {first['reward/overlong']:.3f} -> {last['reward/overlong']:.3f}")
+    print(
+        f"replies cut off at {cfg.rollout.max_new_tokens} tokens: step {first['step']} "
+        f"{first['response/clip_frac']:.2f} -> step {last['step']} {last['response/clip_frac']:.2f}"
+    )
     if (run_dir / "eval.jsonl").exists():  # run.eval_every: the same held-out prompts and seed each time
         evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
-        trend = " -> ".join(f"step {e['step']} {e['eval/reward/mean']:.3f}" for e in evals)
+        trend = " -> ".join(
+            f"step {e['step']} {e['eval/reward/mean']:.3f} ({e['eval/response/clip_frac']:.2f} cut off)" for e in evals
+        )
         print(f"held-out reward ({run_dir / 'eval.png'}; replies in {run_dir / 'eval'}): {trend}")
     trained = PersonaFusePolicy.from_pretrained(run_dir / "policy").eval()
     fresh = build_policy(cfg)  # exactly the run's seeded initial policy

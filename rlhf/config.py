@@ -26,6 +26,10 @@ class RunConfig(FrozenConfig):
     seed: int = Field(0, description="Seed of every random choice: init, data order, sampling.")
     steps: int = Field(20, ge=1, description="RL steps (one batch of prompts each).")
     save_every: int = Field(10, ge=1, description="Write a checkpoint every this many steps (and at the end).")
+    keep_checkpoints: int | None = Field(
+        None, ge=1, description="Keep the newest this many checkpoints: older ones are deleted once a new one is "
+        "complete. null = keep all.",
+    )  # fmt: skip
     eval_every: int = Field(
         0,
         ge=0,

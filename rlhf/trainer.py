@@ -10,6 +10,7 @@ arrive, so sampling runs while the learners score and update; those replies then
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def latest_checkpoint(run_dir: Path) -> Path:
     if not steps:
         raise FileNotFoundError(f"--resume: {run_dir / CHECKPOINTS} holds no checkpoint to resume from")
     return steps[-1][1]
+
+
+def prune_checkpoints(run_dir: Path, keep: int | None) -> list[Path]:
+    """Deletes all but the newest ``keep`` checkpoints (run.keep_checkpoints; None keeps all) and returns them.
+    Called after a checkpoint is complete, so a run always has one to resume from."""
+    if keep is None:
+        return []
+    old = [folder for _, folder in checkpoint_steps(run_dir)[:-keep]]
+    for folder in old:
+        shutil.rmtree(folder)
+    return old
 
 
 def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
@@ -286,6 +298,7 @@ def train(
                     "rewards": ray.get(actors.reward.state_dict.remote()),
                 }
                 save_checkpoint(actors, run_dir, step, state, pending)
+                prune_checkpoints(run_dir, cfg.run.keep_checkpoints)
         with atomic_dir(run_dir / "policy") as tmp:
             write_folder(tmp, ray.get(actors.learners[0].policy_files.remote()))
     finally:

@@ -22,6 +22,7 @@ def test_demo_submits_the_job_and_shows_results(tiny_model_dir, tmp_path) -> Non
     assert "ray job submit" in done.stdout and "succeeded" in done.stdout + done.stderr
     assert "before RL" in done.stdout and "after RL" in done.stdout and "reward.png" in done.stdout
     assert "held-out reward" in done.stdout and "step 0 " in done.stdout and "step 2 " in done.stdout
+    assert "replies cut off at 8 tokens: step 1 " in done.stdout and "cut off)" in done.stdout
     [run_dir] = [p for p in tmp_path.iterdir() if p.name.startswith("demo-")]
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]

@@ -87,9 +87,10 @@ def test_two_ppo_steps(ray_local, tiny_model_dir, tmp_path) -> None:
     rewards = "rewards.components=[{name: chars_for_tests, weight: 1}]"
     overrides = tiny_job_overrides(
         tiny_model_dir, tmp_path, "rollout.engine=vllm", "algorithm.name=ppo", "algorithm.kl.placement=reward",
-        "learner.critic_lr=0.05", rewards,
+        "learner.critic_lr=0.05", rewards, "run.keep_checkpoints=1",
     )  # fmt: skip
     run_dir = fit(load_config("configs/tiny_test.yaml", overrides))
+    assert [d.name for d in (run_dir / "checkpoints").iterdir()] == ["step_2"]  # step_1's went once step_2 was done
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("critic/value_loss", "critic/vf_error", "critic/values", "critic/returns", *REQUIRED[:1]):
@@ -178,6 +179,17 @@ def test_resume_from_an_older_checkpoint_refuses_while_newer_ones_exist(tmp_path
     (tmp_path / "checkpoints/step_2/trainer_state.json").unlink()
     (tmp_path / "checkpoints/step_2").rmdir()
     assert resolve_resume(tmp_path, str(tmp_path / "checkpoints/step_1")) == tmp_path / "checkpoints/step_1"
+
+
+def test_prune_checkpoints_keeps_the_newest(tmp_path) -> None:
+    from rlhf.trainer import prune_checkpoints
+
+    for step in (2, 10, 4, 6):  # by step number, not by name: step_10 is the newest
+        (tmp_path / "checkpoints" / f"step_{step}" / "policy").mkdir(parents=True)
+    assert prune_checkpoints(tmp_path, None) == []
+    assert [p.name for p in prune_checkpoints(tmp_path, 2)] == ["step_2", "step_4"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_10", "step_6"]
+    assert prune_checkpoints(tmp_path, 5) == []
 
 
 def test_resume_accepts_a_run_saved_before_a_config_key_existed(tmp_path) -> None:
