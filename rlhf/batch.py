@@ -6,7 +6,7 @@ G = samples per prompt, E = persona experts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 import torch
 from torch import Tensor
@@ -100,6 +100,10 @@ class RolloutBatch:
     @classmethod
     def from_state(cls, tensors: dict[str, Tensor], lists: dict[str, list]) -> RolloutBatch:
         """``state``'s inverse."""
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing = sorted(required - set(tensors) - set(lists))
+        if missing:  # e.g. a batch saved before the field existed
+            raise ValueError(f"the saved rollout batch lacks {missing}: it was written by an older version")
         return cls(**tensors, **lists)
 
     def shards(self, n: int) -> list[RolloutBatch]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlhf.batch import RolloutBatch, concat, pad_right
@@ -97,3 +98,6 @@ def test_state_round_trips_through_safetensors_and_json(tmp_path) -> None:
         assert torch.equal(getattr(back, name), value), name
     assert back.completions == batch.completions and back.categories == ["grief", None]
     assert back.old_logprobs is None and back.rewards is None
+    del tensors["truncated"]  # saved before the field existed: a clear error, not a TypeError
+    with pytest.raises(ValueError, match=r"lacks \['truncated'\]"):
+        RolloutBatch.from_state(tensors, lists)
