@@ -65,8 +65,8 @@ def test_sft_learns_each_experts_replies_and_reloads(tmp_path, tiny_model_dir) -
 @pytest.mark.slow
 def test_deepspeed_engine_matches_plain_adamw_and_bf16_mixed_learns(tmp_path, tiny_model_dir) -> None:
     """The same SFT through a one-rank DeepSpeed ZeRO-2 engine (fp32) ends at the plain-torch weights (the same
-    AdamW and gradient clipping); bf16-mixed (autocast matmuls) through a ZeRO-0 engine in the same process still
-    learns."""
+    AdamW and gradient clipping); bf16-mixed (autocast matmuls) through a ZeRO-0 engine in the same process learns
+    about as far as fp32 (held-out NLL within 5%)."""
     experts = ("openness_high", "openness_low")
     data = _data(tmp_path, experts)
 
@@ -80,13 +80,15 @@ def test_deepspeed_engine_matches_plain_adamw_and_bf16_mixed_learns(tmp_path, ti
                 if "lora_" in n}  # fmt: skip
         return json.loads((out / "sft_report.json").read_text()), lora
 
-    _, plain = run("torch")
+    fp32_report, plain = run("torch")
     _, engine = run("zero2", zero_stage=2)
     moved = max((plain[n] - engine[n]).abs().max().item() for n in plain)
     assert moved < 1e-4, moved
     report, _ = run("bf16", dtype="bf16-mixed", zero_stage=0)
-    for name in experts:
-        assert report["heldout_after"][name]["nll_expert"] < 0.6 * report["heldout_before"][name]["nll_expert"]
+    for name in experts:  # learns (fp32 goes from ~11 to ~6.2-6.7 here), and about as far as fp32
+        before, after = report["heldout_before"][name]["nll_expert"], report["heldout_after"][name]["nll_expert"]
+        assert after < 0.7 * before
+        assert after == pytest.approx(fp32_report["heldout_after"][name]["nll_expert"], rel=0.05)
 
 
 def test_every_expert_with_two_rows_holds_one_out() -> None:
