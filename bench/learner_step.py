@@ -4,10 +4,9 @@ One real Learner (DeepSpeed engine, configs/smollm2_cpu_grpo.yaml: bf16-mixed, Z
 embedded SmolLM2-135M, one batch shaped like the bench/grpo_step.py steps: 4 builtin prompts x G=4 samples x 48
 response tokens (random tokens: the time does not depend on which). Per round, in turn:
   shared     as shipped: learner.shared_prompt_forward=true (each prompt runs once for its G rows, its KV cache
-             gathered out to them, in the reference pass and the update), a prompt's rows gathered once and run as
-             one matmul in the mixture (Routing.block), the frozen base's bf16 copy kept under autocast
+             gathered out to them, in the reference pass and the update), the frozen base's bf16 copy kept under
+             autocast
   unshared   learner.shared_prompt_forward=false: every row runs its own prompt
-  rows       the mixture gathers each row's experts and runs one small matmul per row (Routing.block = 1)
   recast     autocast casts the frozen fp32 base to bf16 at every call (no kept copy)
   features   the frozen base over the batch's prompts, one pass per micro-batch: what the update ran before the
              router's features travelled with the batch (it re-read every prompt to route), now not run at all
@@ -95,13 +94,13 @@ def main() -> None:
     init_distributed(0, 1, "127.0.0.1", free_port())
     configs = {
         name: load_config(CONFIG, [f"learner.shared_prompt_forward={str(shared).lower()}"])
-        for name, shared in (("shared", True), ("unshared", False), ("rows", True), ("recast", True))
+        for name, shared in (("shared", True), ("unshared", False), ("recast", True))
     }
     learner = Learner(configs["shared"], world_size=1)
     batch = make_batch(learner)
     counts = [MinibatchCounts(tokens=float(batch.response_mask.sum()), seqs=float(len(batch)))]
     times: dict[str, list[float]] = {}
-    shipped_block, shipped_base = mixture.repeated_block, mixture.LoRAMixtureLinear._base_forward
+    shipped_base = mixture.LoRAMixtureLinear._base_forward
 
     def recast(layer: mixture.LoRAMixtureLinear, x: torch.Tensor) -> torch.Tensor:
         return layer.base(x)
@@ -109,8 +108,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         for name, cfg in configs.items():
             learner.cfg = cfg
-            # the code paths before each optimisation, switched in for their variant only
-            mixture.repeated_block = (lambda weights: 1) if name == "rows" else shipped_block
+            # the code path before the kept copy, switched in for its variant only
             mixture.LoRAMixtureLinear._base_forward = recast if name == "recast" else shipped_base
             scored = batch.select(slice(None))
             seconds, columns = timed(partial(learner.score, scored))
@@ -128,7 +126,6 @@ def main() -> None:
                 "medians_s": med,
                 "update_speedup_shared": round(med["unshared/update"] / med["shared/update"], 3),
                 "ref_speedup_shared": round(med["unshared/ref"] / med["shared/ref"], 3),
-                "update_speedup_row_blocks": round(med["rows/update"] / med["shared/update"], 3),
                 "update_speedup_kept_bf16_base": round(med["recast/update"] / med["shared/update"], 3),
                 "ref_speedup_kept_bf16_base": round(med["recast/ref"] / med["shared/ref"], 3),
                 "features_pass_s": med["features"],

@@ -27,25 +27,11 @@ class Routing:
     weights: Tensor  # (B, E) per sequence or (B, T, E) per token
     indices: Tensor | None  # (B, k) experts with non-zero weight, per-sequence sparse routing only
     topk_weights: Tensor | None  # (B, k) their weights
-    block: int = 1  # rows come in consecutive blocks of this many with the same weights (a prompt's G samples)
 
     def rows(self, index: Tensor) -> Routing:
         """The routing of batch rows ``index`` (per-sequence weights)."""
-        if self.indices is None:
-            return Routing(self.weights[index], None, None)
-        weights = self.weights[index]
-        return Routing(weights, self.indices[index], self.topk_weights[index], block=repeated_block(weights))
-
-
-def repeated_block(weights: Tensor) -> int:
-    """The g such that the rows of ``weights`` (B, E) come in consecutive blocks of g equal rows, as a micro-batch
-    of whole GRPO groups does (each prompt's samples share its routing); 1 when they do not."""
-    rows = weights.shape[0]
-    run = int((weights == weights[:1]).all(-1).long().cumprod(0).sum())  # rows equal to the first, from the top
-    if run <= 1 or rows % run:
-        return 1
-    blocks = weights.view(rows // run, run, -1)
-    return run if bool((blocks == blocks[:, :1]).all()) else 1
+        pick = None if self.indices is None else (self.indices[index], self.topk_weights[index])
+        return Routing(self.weights[index], *(pick or (None, None)))
 
 
 def make_routing(weights: Tensor, num_experts: int) -> Routing:
@@ -68,7 +54,7 @@ def make_routing(weights: Tensor, num_experts: int) -> Routing:
         return Routing(weights, None, None)
     # Rows with fewer active experts pick up zero-weight ones, which contribute exactly nothing.
     topk_weights, indices = weights.topk(max(active, 1), dim=-1)
-    return Routing(weights, indices, topk_weights, block=repeated_block(weights))
+    return Routing(weights, indices, topk_weights)
 
 
 def stacked_b(lora_B: Tensor) -> Tensor:
@@ -89,19 +75,16 @@ def fused_mixture_delta(
     # Sparse per-sequence: gather the k chosen experts of each row. Not for one-token decode steps, where copying
     # the gathered weights every step costs more than the dense rank E*r matmuls (measured: decode ~30% faster).
     # index_select, not lora_A[indices]: its backward is an index_add, where advanced indexing's is an accumulating
-    # index_put (measured on CPU: the update ~9% faster). Rows in blocks of g with the same routing (a prompt's G
-    # samples) gather once per block and run as one matrix of g*T rows: U = B/g larger matmuls instead of B small
-    # ones, and g times fewer gathered copies.
+    # index_put (measured on CPU: the update ~9% faster).
     if routing.indices is not None and seq > 1:
-        g, k = routing.block, routing.indices.shape[1]
-        blocks = batch // g
-        chosen = routing.indices[::g].reshape(blocks * k)  # each block's first row speaks for the block
-        a = lora_A.index_select(0, chosen).view(blocks, k * rank, d_in)  # (U, k*r, d_in)
-        h = torch.bmm(x.reshape(blocks, g * seq, d_in), a.transpose(1, 2)).view(blocks, g * seq, k, rank)
-        h = h * (scaling * routing.topk_weights[::g]).to(h.dtype)[:, None, :, None]  # (U, g*T, k, r)
-        b = lora_B.index_select(0, chosen).view(blocks, k, d_out, rank)
-        b = b.permute(0, 2, 1, 3).reshape(blocks, d_out, k * rank)  # (U, d_out, k*r)
-        return torch.bmm(h.reshape(blocks, g * seq, k * rank), b.transpose(1, 2)).view(batch, seq, d_out)
+        k = routing.indices.shape[1]
+        chosen = routing.indices.reshape(batch * k)
+        a = lora_A.index_select(0, chosen).view(batch, k * rank, d_in)  # (B, k*r, d_in)
+        h = torch.bmm(x, a.transpose(1, 2)).view(batch, seq, k, rank)  # (B, T, k, r)
+        h = h * (scaling * routing.topk_weights).to(h.dtype)[:, None, :, None]
+        b = lora_B.index_select(0, chosen).view(batch, k, d_out, rank)
+        b = b.permute(0, 2, 1, 3).reshape(batch, d_out, k * rank)  # (B, d_out, k*r)
+        return torch.bmm(h.reshape(batch, seq, k * rank), b.transpose(1, 2))
     weights = routing.weights.to(x.dtype)
     gate = weights[:, None, :, None] if weights.dim() == 2 else weights[..., None]  # (B, 1|T, E, 1)
     h = F.linear(x, lora_A.reshape(num_experts * rank, d_in)).view(batch, seq, num_experts, rank)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch import nn
@@ -14,7 +12,6 @@ from policies.mixture import (
     fused_mixture_delta,
     make_routing,
     naive_mixture_delta,
-    repeated_block,
 )
 
 B, T, D_IN, D_OUT, E, R = 3, 7, 16, 12, 10, 4
@@ -67,46 +64,6 @@ def test_gradients_of_fused_equal_naive(layer: LoRAMixtureLinear) -> None:
             fused_grads = grads
     for fused, naive in zip(fused_grads, grads, strict=True):
         torch.testing.assert_close(fused, naive, atol=1e-4, rtol=1e-4)
-
-
-def grouped_weights() -> torch.Tensor:
-    """Two prompts x G = 3 samples, each prompt's rows equal and contiguous (a micro-batch of whole groups)."""
-    return sparse_weights()[:2].repeat_interleave(3, dim=0)
-
-
-def test_repeated_block() -> None:
-    a, b = sparse_weights()[0], sparse_weights()[1]
-    assert repeated_block(grouped_weights()) == 3
-    assert repeated_block(torch.stack([a, b, a, b])) == 1  # interleaved: no blocks
-    assert repeated_block(torch.stack([a, a, b])) == 1  # a run of 2 does not divide 3 rows
-    assert repeated_block(torch.stack([a, a, b, a])) == 1  # the second block is not uniform
-    assert repeated_block(torch.stack([a, a, a, a])) == 4 and repeated_block(a[None]) == 1
-    routing = make_routing(grouped_weights(), E)
-    assert routing.block == 3 and routing.rows(torch.tensor([0, 3])).block == 1
-
-
-def test_grouped_rows_equal_naive_with_gradients(layer: LoRAMixtureLinear) -> None:
-    """Blocks of rows with one routing run as one matrix per block; values and adapter gradients equal the naive
-    sum, and the gradient of the router's output (each prompt's weights, repeated over its samples, as the router
-    gives them) equals that of the row-by-row gather (the naive sum also reaches unchosen experts' weights)."""
-    x = torch.randn(6, T, D_IN)
-    results = {}
-    for name in ("grouped", "rows", "naive"):
-        layer.zero_grad()
-        per_prompt = sparse_weights()[:2].requires_grad_()
-        routing = make_routing(per_prompt.repeat_interleave(3, dim=0), E)
-        assert routing.block == 3
-        if name == "rows":
-            routing = dataclasses.replace(routing, block=1)
-        fn = naive_mixture_delta if name == "naive" else fused_mixture_delta
-        out = fn(x, layer.lora_A, layer.lora_B, routing, layer.scaling)
-        out.square().sum().backward()
-        results[name] = (out.detach(), layer.lora_A.grad.clone(), layer.lora_B.grad.clone(), per_prompt.grad)
-    assert results["naive"][0].abs().max() > 1e-2
-    for fused, naive in zip(results["grouped"][:3], results["naive"][:3], strict=True):
-        torch.testing.assert_close(fused, naive, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(results["grouped"][3], results["rows"][3], atol=1e-3, rtol=1e-4)
-    assert results["grouped"][3].abs().max() > 1e-2
 
 
 def test_bf16_autocast_base_uses_a_kept_copy_with_the_same_result(layer: LoRAMixtureLinear) -> None:
