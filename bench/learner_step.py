@@ -1,13 +1,11 @@
-"""The learner's share of a GRPO step, with and without its optimisations, side by side in one process.
+"""The learner's share of a GRPO step, with and without the shared prompt forward, side by side in one process.
 
 One real Learner (DeepSpeed engine, configs/smollm2_cpu_grpo.yaml: bf16-mixed, ZeRO-2, micro-batch 8) on the
-embedded SmolLM2-135M, one batch shaped like the bench/grpo_step.py steps: 4 builtin prompts x G=4 samples x 48
-response tokens (random tokens: the time does not depend on which). Per round, in turn:
-  shared     as shipped: learner.shared_prompt_forward=true (each prompt runs once for its G rows, its KV cache
-             gathered out to them, in the reference pass and the update), the frozen base's bf16 copy kept under
-             autocast
+embedded SmolLM2-135M, one batch shaped like the preset's steps: 4 builtin prompts x G=4 samples x 48 response
+tokens (random tokens: the time does not depend on which). Per round, in turn:
+  shared     learner.shared_prompt_forward=true (the default): each prompt runs once for its G rows, its KV cache
+             gathered out to them, in the reference pass (score) and the update
   unshared   learner.shared_prompt_forward=false: every row runs its own prompt
-  recast     autocast casts the frozen fp32 base to bf16 at every call (no kept copy)
   features   the frozen base over the batch's prompts, one pass per micro-batch: what the update ran before the
              router's features travelled with the batch (it re-read every prompt to route), now not run at all
 Medians over the rounds after the first (warm-up); one JSON line last on stdout.
@@ -29,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from policies import mixture
 from rlhf.batch import RolloutBatch
 from rlhf.build import tokenize_prompts
 from rlhf.config import load_config
@@ -94,22 +91,15 @@ def main() -> None:
     init_distributed(0, 1, "127.0.0.1", free_port())
     configs = {
         name: load_config(CONFIG, [f"learner.shared_prompt_forward={str(shared).lower()}"])
-        for name, shared in (("shared", True), ("unshared", False), ("recast", True))
+        for name, shared in (("shared", True), ("unshared", False))
     }
     learner = Learner(configs["shared"], world_size=1)
     batch = make_batch(learner)
     counts = [MinibatchCounts(tokens=float(batch.response_mask.sum()), seqs=float(len(batch)))]
     times: dict[str, list[float]] = {}
-    shipped_base = mixture.LoRAMixtureLinear._base_forward
-
-    def recast(layer: mixture.LoRAMixtureLinear, x: torch.Tensor) -> torch.Tensor:
-        return layer.base(x)
-
     for round_ in range(args.rounds):
         for name, cfg in configs.items():
-            learner.cfg = cfg
-            # the code path before the kept copy, switched in for its variant only
-            mixture.LoRAMixtureLinear._base_forward = recast if name == "recast" else shipped_base
+            learner.cfg = cfg  # the only difference between the variants
             scored = batch.select(slice(None))
             seconds, columns = timed(partial(learner.score, scored))
             times.setdefault(f"{name}/ref", []).append(seconds)
@@ -126,8 +116,6 @@ def main() -> None:
                 "medians_s": med,
                 "update_speedup_shared": round(med["unshared/update"] / med["shared/update"], 3),
                 "ref_speedup_shared": round(med["unshared/ref"] / med["shared/ref"], 3),
-                "update_speedup_kept_bf16_base": round(med["recast/update"] / med["shared/update"], 3),
-                "ref_speedup_kept_bf16_base": round(med["recast/ref"] / med["shared/ref"], 3),
                 "features_pass_s": med["features"],
                 "per_round_s": {key: [round(v, 3) for v in values] for key, values in times.items()},
                 "settings": {

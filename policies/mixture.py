@@ -129,7 +129,6 @@ class LoRAMixtureLinear(nn.Module):
         self.lora_A = nn.Parameter(init.to(dtype))
         self.lora_B = nn.Parameter(torch.zeros(num_experts, base.out_features, rank, dtype=dtype, device=device))
         self._b_cache: tuple[tuple[int, int], Tensor] | None = None
-        self._bf16_base: tuple[tuple[int, int], Tensor, Tensor | None] | None = None  # see _base_forward
 
     def _b_stacked_for_inference(self) -> Tensor | None:
         """``stacked_b(lora_B)`` computed once per weight version when sampling (eval mode, no gradient); the key
@@ -142,29 +141,8 @@ class LoRAMixtureLinear(nn.Module):
             self._b_cache = (key, stacked_b(self.lora_B.detach()))
         return self._b_cache[1]
 
-    def _base_forward(self, x: Tensor) -> Tensor:
-        """``self.base(x)``. Under CPU bf16 autocast with a frozen fp32 base, through a bf16 copy of the weight kept
-        across calls: autocast keeps casts only of weights that require grad, so it would cast this one anew at
-        every call (measured: ~9% of the CPU learner's time). Same result, bit for bit: autocast runs the same
-        bf16 matmul on the same rounded values. Refreshed when the weight changes in place (version counter)."""
-        weight = self.base.weight
-        if (
-            x.device.type != "cpu"
-            or weight.dtype != torch.float32
-            or weight.requires_grad
-            or not torch.is_autocast_enabled("cpu")
-            or torch.get_autocast_dtype("cpu") != torch.bfloat16
-        ):
-            return self.base(x)
-        key = (weight._version, weight.data_ptr())
-        if self._bf16_base is None or self._bf16_base[0] != key:
-            bias = None if self.base.bias is None else self.base.bias.detach().to(torch.bfloat16)
-            self._bf16_base = (key, weight.detach().to(torch.bfloat16), bias)
-        _, weight_bf16, bias_bf16 = self._bf16_base
-        return F.linear(x.to(torch.bfloat16), weight_bf16, bias_bf16)
-
     def forward(self, x: Tensor) -> Tensor:
-        out = self._base_forward(x)
+        out = self.base(x)
         routing = self.slot.routing
         if routing is None:
             return out

@@ -66,28 +66,6 @@ def test_gradients_of_fused_equal_naive(layer: LoRAMixtureLinear) -> None:
         torch.testing.assert_close(fused, naive, atol=1e-4, rtol=1e-4)
 
 
-def test_bf16_autocast_base_uses_a_kept_copy_with_the_same_result(layer: LoRAMixtureLinear) -> None:
-    """Under CPU bf16 autocast the frozen fp32 base runs on a bf16 copy made once, with autocast's very result;
-    an in-place change of the weight (a load) makes a new copy."""
-    x = torch.randn(B, T, D_IN)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = layer.base(x)
-        first = layer._base_forward(x)
-        kept = layer._bf16_base[1]
-        again = layer._base_forward(x)
-    assert torch.equal(first, expected) and torch.equal(again, expected) and layer._bf16_base[1] is kept
-    with torch.no_grad():
-        layer.base.weight.mul_(2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(layer._base_forward(x), layer.base(x)) and layer._bf16_base[1] is not kept
-    assert torch.equal(layer._base_forward(x), layer.base(x))  # no autocast: the fp32 weight itself
-    layer.base.weight.requires_grad_(True)  # a trained base: autocast's own cast (it keeps that one)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        layer._bf16_base = None
-        layer._base_forward(x)
-    assert layer._bf16_base is None
-
-
 def test_layer_is_base_when_off_or_fresh() -> None:
     torch.manual_seed(0)
     base = nn.Linear(D_IN, D_OUT)
