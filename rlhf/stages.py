@@ -240,7 +240,7 @@ def penalise_overlong(batch: RolloutBatch, cfg: JobConfig) -> dict[str, float]:
 
 
 def minibatch_counts(batch: RolloutBatch, cfg: JobConfig) -> list[MinibatchCounts]:
-    """Global trained-token (``Learner.loss_mask``) and sequence counts of each minibatch, summed over the learner
+    """Global trained-token (``learner.loss_mask``) and sequence counts of each minibatch, summed over the learner
     shards."""
     shards = batch.shards(cfg.learner.num_learners)
     mask_truncated = cfg.algorithm.overlong.mask_truncated
