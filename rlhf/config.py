@@ -324,6 +324,12 @@ class JobConfig(FrozenConfig):
                 f"algorithm.advantage={self.algorithm.advantage} is a critic-free estimator for algorithm.name=grpo; "
                 "PPO's advantages are GAE over its critic"
             )
+        algo = self.algorithm
+        if algo.advantage != "grpo" and (not algo.scale_by_std or algo.normalize != "group"):
+            raise ValueError(
+                f"algorithm.scale_by_std and algorithm.normalize shape GRPO's advantage only; with "
+                f"algorithm.advantage={algo.advantage} they would be ignored: leave them at their defaults"
+            )
         if self.algorithm.overlong.buffer > self.rollout.max_new_tokens:
             raise ValueError(
                 f"algorithm.overlong.buffer ({self.algorithm.overlong.buffer}) is longer than rollout.max_new_tokens "

@@ -63,6 +63,8 @@ def test_overrides_parse_yaml_values() -> None:
         (["rollout.max_new_tokens=32", "algorithm.overlong.buffer=40"], "overlong.buffer \\(40\\) is longer"),
         (["algorithm.overlong.penalty=0"], "overlong.penalty"),
         (["algorithm.name=ppo", "algorithm.advantage=rloo"], "critic-free estimator"),
+        (["algorithm.advantage=rloo", "algorithm.normalize=batch"], "would be ignored"),
+        (["algorithm.advantage=reinforce++", "algorithm.scale_by_std=false"], "would be ignored"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: list[str], message: str) -> None:
