@@ -129,6 +129,18 @@ class KLConfig(FrozenConfig):
     )
     horizon: int = Field(10_000, ge=1, description="Adaptive beta: samples over which a 20% error moves beta 20%.")
 
+    @model_validator(mode="after")
+    def _effective(self) -> KLConfig:
+        if self.estimator == "k1" and self.placement == "loss":
+            # E_pi[grad log pi] = 0: k1's gradient in the loss is noise around zero, not a pull toward the base.
+            raise ValueError(
+                "estimator k1 in the loss has zero expected gradient (E_pi[grad log pi] = 0), so it would not pull "
+                "the policy toward the base; use k2 or k3 with placement=loss, or k1 with placement=reward"
+            )
+        if self.target is not None and self.coef == 0:
+            raise ValueError("target needs coef > 0: the adaptive controller multiplies beta, and 0 stays 0")
+        return self
+
 
 class PoleAnchorConfig(FrozenConfig):
     """Stage 1b's pole contrast added to every RL optimizer step (rlhf/pole_anchor.py), so that RL cannot blur the
@@ -216,6 +228,32 @@ class AlgorithmConfig(FrozenConfig):
     vf_coef: float = Field(0.5, ge=0, description="PPO: value-loss weight.")
     critic_hidden: int = Field(256, ge=1, description="PPO: inner width of the value head.")
     whiten_advantages: bool = Field(True, description="PPO: normalise GAE advantages over the batch.")
+
+    @model_validator(mode="after")
+    def _no_ignored_fields(self) -> AlgorithmConfig:
+        """A field this algorithm never reads, set away from its default, is an error: it would silently do nothing."""
+        critic_free = self.name == "grpo"
+        if not critic_free and self.advantage != "grpo":
+            raise ValueError(
+                f"advantage={self.advantage} is a critic-free estimator for name=grpo; PPO's advantages are GAE over "
+                "its critic"
+            )
+        grpo_advantage = critic_free and self.advantage == "grpo"
+        read = {
+            "scale_by_std": grpo_advantage,
+            "normalize": grpo_advantage and self.scale_by_std,  # which std to divide by
+            "gamma": not critic_free or self.advantage == "reinforce++",
+            **dict.fromkeys(("lam", "value_clip", "vf_coef", "critic_hidden", "whiten_advantages"), not critic_free),
+        }
+        fields = type(self).model_fields
+        ignored = [
+            f"algorithm.{key}" for key, used in read.items() if not used and getattr(self, key) != fields[key].default
+        ]
+        if ignored:
+            setting = "name=ppo" if not critic_free else f"name=grpo, advantage={self.advantage}"
+            setting += "" if self.scale_by_std else ", scale_by_std=false"
+            raise ValueError(f"{', '.join(ignored)} would be ignored with {setting}: leave them at their defaults")
+        return self
 
     @property
     def needs_old_logprobs(self) -> bool:
@@ -319,16 +357,16 @@ class JobConfig(FrozenConfig):
                 f"data.prompts_per_step ({self.data.prompts_per_step}) must divide among rollout.num_actors "
                 f"({self.rollout.num_actors})"
             )
-        if self.algorithm.name == "ppo" and self.algorithm.advantage != "grpo":
+        if (
+            self.rollout.engine == "vllm"
+            and self.rollout.top_p < 1
+            and self.algorithm.rollout_correction.level != "none"
+        ):
             raise ValueError(
-                f"algorithm.advantage={self.algorithm.advantage} is a critic-free estimator for algorithm.name=grpo; "
-                "PPO's advantages are GAE over its critic"
-            )
-        algo = self.algorithm
-        if algo.advantage != "grpo" and (not algo.scale_by_std or algo.normalize != "group"):
-            raise ValueError(
-                f"algorithm.scale_by_std and algorithm.normalize shape GRPO's advantage only; with "
-                f"algorithm.advantage={algo.advantage} they would be ignored: leave them at their defaults"
+                f"rollout.top_p={self.rollout.top_p} with the vllm engine: vLLM's sampling log-probs are renormalised "
+                "over the nucleus, while the learner's pi_old is the whole tempered distribution, so every "
+                "algorithm.rollout_correction weight would fall below 1 by the nucleus mass; use top_p=1 or set "
+                "algorithm.rollout_correction.level=none"
             )
         if self.algorithm.overlong.buffer > self.rollout.max_new_tokens:
             raise ValueError(

@@ -65,11 +65,32 @@ def test_overrides_parse_yaml_values() -> None:
         (["algorithm.name=ppo", "algorithm.advantage=rloo"], "critic-free estimator"),
         (["algorithm.advantage=rloo", "algorithm.normalize=batch"], "would be ignored"),
         (["algorithm.advantage=reinforce++", "algorithm.scale_by_std=false"], "would be ignored"),
+        (["algorithm.name=ppo", "algorithm.normalize=batch"], "algorithm.normalize would be ignored"),
+        (["algorithm.name=ppo", "algorithm.scale_by_std=false"], "scale_by_std would be ignored"),
+        (["algorithm.scale_by_std=false", "algorithm.normalize=batch"], "normalize would be ignored"),
+        (
+            ["algorithm.lam=0.9", "algorithm.whiten_advantages=false"],
+            "algorithm.lam, algorithm.whiten_advantages would be ignored",
+        ),
+        (["algorithm.gamma=0.9"], "gamma would be ignored with name=grpo, advantage=grpo"),
+        (["algorithm.kl.estimator=k1"], "zero expected gradient"),
+        (["algorithm.kl.coef=0", "algorithm.kl.target=0.1"], "target needs coef > 0"),
+        (["rollout.top_p=0.9"], "renormalised over the nucleus"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_fields_an_algorithm_reads_may_be_set() -> None:
+    """The combinations the ignored-field checks must keep allowing."""
+    load_config(None, ["algorithm.name=ppo", "algorithm.gamma=0.9", "algorithm.lam=0.9", "algorithm.vf_coef=1"])
+    load_config(None, ["algorithm.advantage=reinforce++", "algorithm.gamma=0.9"])
+    load_config(None, ["algorithm.scale_by_std=false", "algorithm.normalize=group"])  # Dr.GRPO: normalize at default
+    load_config(None, ["algorithm.kl.estimator=k1", "algorithm.kl.placement=reward", "algorithm.kl.target=0.1"])
+    load_config(None, ["rollout.top_p=0.9", "algorithm.rollout_correction.level=none"])
+    load_config(None, ["rollout.top_p=0.9", "rollout.engine=hf"])  # its sampling log-probs are not renormalised
 
 
 def test_yaml_errors_name_file_and_line(tmp_path: Path) -> None:
