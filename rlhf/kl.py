@@ -11,8 +11,8 @@ token (J. Schulman, "Approximating KL Divergence", 2020, http://joschu.net/blog/
     k2 = 0.5 * log_ratio^2                      biased, low variance, >= 0
     k3 = exp(-log_ratio) - 1 + log_ratio        unbiased, low variance, >= 0   (= (r - 1) - log r, r = pi_ref/pi)
 
-Every estimator takes logprobs (B, T) and ref_logprobs (B, T) and returns (B, T), unmasked: values at padding are
-meaningless and must be masked by the caller (``rlhf.masked`` or ``kl_shaped_token_rewards`` do it).
+Every estimator takes logprobs (B, T) and ref_logprobs (B, T) and returns (B, T), unmasked; ``masked_kl`` runs one
+with padding cleaned first, which a loss needs (masking afterwards leaves NaN gradients where k3 overflowed).
 """
 
 from __future__ import annotations
@@ -51,6 +51,18 @@ def k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """
     log_ratio = logprobs - ref_logprobs
     return torch.exp(-log_ratio) - 1.0 + log_ratio
+
+
+def masked_kl(estimator: KLEstimatorFn, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """estimator(logprobs, ref_logprobs) at valid tokens, exactly 0 at padding, with finite gradients everywhere.
+    (B, T), (B, T), mask (B, T) -> (B, T).
+
+    Padding is cleaned before the estimator, not after: at a pad position the policy's log-prob of whatever token
+    sits there can be below -88, where k3's exp(ref_logprobs - logprobs) is inf in fp32, and a mask applied after
+    that still back-propagates 0 * inf = NaN into the whole row.
+    """
+    valid = mask.bool()
+    return torch.where(valid, estimator(torch.where(valid, logprobs, ref_logprobs), ref_logprobs), 0.0)
 
 
 def kl_shaped_token_rewards(rewards: Tensor, kl: Tensor, response_mask: Tensor, kl_coef: float) -> Tensor:

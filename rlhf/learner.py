@@ -26,7 +26,7 @@ from rlhf.batch import RolloutBatch
 from rlhf.build import RoutedPrompts, build_policy, route_records
 from rlhf.config import JobConfig
 from rlhf.critic import ValueHead
-from rlhf.kl import get_kl_estimator
+from rlhf.kl import get_kl_estimator, masked_kl
 from rlhf.masked import masked_mean
 from rlhf.overlong import without_truncated
 from rlhf.pole_anchor import PersonaData, PoleAnchor
@@ -224,7 +224,7 @@ class Learner:
         for mb in self.micro_batches(batch, self.cfg.algorithm.minibatches):
             groups = self.prompt_groups(mb)
             if self.cfg.algorithm.needs_old_logprobs:
-                weights = replay_selection(self.policy.router(self.features(mb)).probs, mb.routing_weights)
+                weights = replay_selection(self.policy.router(self.features(mb)).log_probs, mb.routing_weights)
                 with self.policy.mixture(weights), bf16_autocast(self.mixed_bf16):
                     logits, hidden = self.policy.response_outputs(
                         mb.input_ids,
@@ -290,7 +290,7 @@ class Learner:
         mask = loss_mask(mb, algo.overlong.mask_truncated)
         features = self.features(mb)  # read at routing time: the frozen base gives the same now
         routed = self.policy.router(features)
-        weights = replay_selection(routed.probs, mb.routing_weights)  # the experts the sample was drawn with
+        weights = replay_selection(routed.log_probs, mb.routing_weights)  # the experts the sample was drawn with
         replayed = ((routed.weights > 0) != (mb.routing_weights > 0)).any(-1).float().mean()
         with self.policy.mixture(weights), bf16_autocast(self.mixed_bf16):
             logits, hidden = self.policy.response_outputs(
@@ -312,7 +312,7 @@ class Learner:
             per_token = per_token * is_weights
         else:  # still log how far the engine is from the learner
             is_metrics = {"rollout_is/mismatch_kl": mismatch_kl(old_logprobs, mb.rollout_logprobs, mask)}
-        kl = self.kl_estimator(logprobs, mb.ref_logprobs)  # (b, T)
+        kl = masked_kl(self.kl_estimator, logprobs, mb.ref_logprobs, mb.response_mask)  # (b, T), 0 at padding
         if algo.kl.placement == "loss":
             per_token = per_token + self.kl_coef * kl
         if algo.entropy_coef > 0:

@@ -15,7 +15,7 @@ from rlhf.advantages import AdvantageInputs, get_advantage
 from rlhf.batch import RolloutBatch, concat
 from rlhf.build import RoutedPrompts
 from rlhf.config import AlgorithmConfig, JobConfig
-from rlhf.kl import get_kl_estimator, kl_shaped_token_rewards
+from rlhf.kl import get_kl_estimator, kl_shaped_token_rewards, masked_kl
 from rlhf.learner import MinibatchCounts, loss_mask
 from rlhf.masked import masked_mean, masked_sum, masked_whiten
 from rlhf.overlong import soft_overlong_penalty
@@ -210,7 +210,7 @@ def compute_advantages(batch: RolloutBatch, algo: AlgorithmConfig, kl_coef: floa
     in_reward = beta if algo.kl.placement == "reward" else 0.0
     kl = torch.zeros_like(mask, dtype=torch.float32)  # (B, T); only the in-reward placement reads it here
     if algo.kl.placement == "reward":
-        kl = get_kl_estimator(algo.kl.estimator)(batch.old_logprobs, batch.ref_logprobs)
+        kl = masked_kl(get_kl_estimator(algo.kl.estimator), batch.old_logprobs, batch.ref_logprobs, mask)
     if algo.name == "grpo" and algo.advantage != "reinforce++":
         rewards = batch.rewards - in_reward * masked_sum(kl, mask, dim=-1)  # (B,)
         inputs = AdvantageInputs(mask, rewards=rewards, group_ids=batch.group_ids)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlhf.kl import adaptive_kl_coef, get_kl_estimator, k1, k2, k3, kl_shaped_token_rewards
+from rlhf.kl import adaptive_kl_coef, get_kl_estimator, k1, k2, k3, kl_shaped_token_rewards, masked_kl
 
 NAN = float("nan")
 
@@ -35,6 +35,44 @@ def test_k1_and_k3_are_unbiased_k3_nonnegative() -> None:
     torch.testing.assert_close((pi * k1(log_pi, log_ref)).sum(), kl)
     torch.testing.assert_close((pi * k3(log_pi, log_ref)).sum(), kl)
     assert (k3(log_pi, log_ref) >= 0).all() and (k2(log_pi, log_ref) >= 0).all()
+
+
+def test_in_loss_gradient_of_k1_is_zero_in_expectation_unlike_k2_and_k3() -> None:
+    """Why the config refuses k1 with kl.placement=loss: E_{x~pi}[grad k1(x)] = E_pi[grad log pi] = 0 exactly, while
+    k2's expected gradient is grad KL(pi || ref) (checked here against autograd of the exact KL)."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
+    log_ref = torch.randn(5, generator=gen, dtype=torch.float64).log_softmax(-1)
+
+    def expected_gradient(estimator) -> torch.Tensor:  # sum_x pi(x) grad estimator(x), pi(x) held fixed
+        log_pi = logits.log_softmax(-1)
+        (grad,) = torch.autograd.grad((log_pi.exp().detach() * estimator(log_pi, log_ref)).sum(), logits)
+        return grad
+
+    torch.testing.assert_close(expected_gradient(k1), torch.zeros(5, dtype=torch.float64))
+    log_pi = logits.log_softmax(-1)
+    (exact,) = torch.autograd.grad((log_pi.exp() * (log_pi - log_ref)).sum(), logits)
+    torch.testing.assert_close(expected_gradient(k2), exact)
+    assert expected_gradient(k3).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("name", ["k1", "k2", "k3"])
+def test_masked_kl_is_zero_at_padding_with_finite_gradients(name: str) -> None:
+    """A pad position where the policy's log-prob is -95 (exp(95) is inf in fp32): the valid tokens' values are the
+    estimator's, padding is 0, and the gradient is finite everywhere and 0 at padding. Masking the estimator's
+    output afterwards instead gives NaN gradients for k3."""
+    logprobs = torch.tensor([[-1.0, -0.5, -95.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -0.5, 0.0]])  # 0 at padding, as the learner's score pass leaves it
+    mask = torch.tensor([[1, 1, 0]])
+    estimator = get_kl_estimator(name)
+    kl = masked_kl(estimator, logprobs, ref, mask)
+    torch.testing.assert_close(kl[:, :2], estimator(logprobs[:, :2], ref[:, :2]))
+    assert kl[0, 2].item() == 0.0
+    (grad,) = torch.autograd.grad(kl.sum(), logprobs)
+    assert torch.isfinite(grad).all() and grad[0, 2].item() == 0.0 and grad[0, 0].item() != 0.0
+    if name == "k3":
+        (unsafe,) = torch.autograd.grad(torch.where(mask.bool(), k3(logprobs, ref), 0.0).sum(), logprobs)
+        assert unsafe[0, 2].isnan()
 
 
 def test_shaped_rewards_hand_values() -> None:
