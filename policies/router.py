@@ -20,6 +20,7 @@ class RouterOutput:
     weights: Tensor  # (B, E) mixture weights after temperature, top-k and renormalisation; rows sum to 1
     router_logits: Tensor  # (B, E) raw MLP outputs
     probs: Tensor  # (B, E) softmax(router_logits / temperature), before top-k
+    log_probs: Tensor  # (B, E) log_softmax(router_logits / temperature): finite where probs underflow to 0
     aux_loss: Tensor  # () the configured regulariser times its coefficient
 
 
@@ -51,17 +52,17 @@ def top_k_renormalise(probs: Tensor, k: int | None) -> Tensor:
     return sparse / sparse.sum(-1, keepdim=True)
 
 
-def replay_selection(probs: Tensor, used: Tensor) -> Tensor:
-    """Weights over the experts a rollout used (routing replay): probs (B, E) kept where ``used`` (B, E) > 0, then
-    renormalised to sum to 1 per row.
+def replay_selection(log_probs: Tensor, used: Tensor) -> Tensor:
+    """Weights over the experts a rollout used (routing replay): the router's probabilities (``log_probs`` (B, E))
+    kept where ``used`` (B, E) > 0, then renormalised to sum to 1 per row: softmax of the log-probs with the unused
+    experts at -inf, so that it stays finite where every used expert's probability underflows to 0 in fp32.
 
     The learners route each step's prompts for the rollouts, but re-route every micro-batch in the update with
     other padding and batch shapes (and in bf16 on GPUs), so two near-tied experts can come out ranked the other
     way and a sample would be scored under experts that did not generate it. Replaying the rollout's top-k keeps
     the mixture on those experts; the router still learns through the kept probabilities. When both sides pick the
     same experts this equals ``top_k_renormalise(probs, k)``."""
-    kept = probs * (used > 0)
-    return kept / kept.sum(-1, keepdim=True)
+    return torch.softmax(log_probs.masked_fill(used <= 0, float("-inf")), dim=-1)
 
 
 class PersonaRouter(nn.Module):
@@ -81,7 +82,10 @@ class PersonaRouter(nn.Module):
 
     def forward(self, pooled: Tensor) -> RouterOutput:
         router_logits = self.mlp[2](self.embed(pooled))  # (B, E)
-        probs = torch.softmax(router_logits.float() / self.config.temperature, dim=-1)
+        log_probs = torch.log_softmax(router_logits.float() / self.config.temperature, dim=-1)
+        probs = log_probs.exp()
         weights = top_k_renormalise(probs, self.config.top_k)
         aux = self.config.aux_coef * router_aux_loss(self.config.aux_loss, probs, weights)
-        return RouterOutput(weights=weights, router_logits=router_logits, probs=probs, aux_loss=aux)
+        return RouterOutput(
+            weights=weights, router_logits=router_logits, probs=probs, log_probs=log_probs, aux_loss=aux
+        )

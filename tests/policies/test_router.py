@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -40,11 +42,23 @@ def test_router_regulariser_is_scaled_and_differentiable() -> None:
 
 
 def test_replay_selection_keeps_the_rollouts_experts() -> None:
-    probs = torch.tensor([[0.40, 0.35, 0.25], [0.50, 0.30, 0.20]], requires_grad=True)
+    logits = torch.tensor([[0.40, 0.35, 0.25], [0.50, 0.30, 0.20]]).log().requires_grad_()
+    probs = logits.softmax(-1)  # the rows above sum to 1, so these are they
     used = torch.tensor([[0.0, 0.6, 0.4], [0.7, 0.3, 0.0]])  # row 0: the rollout ranked experts 1, 2 first
-    weights = replay_selection(probs, used)
+    weights = replay_selection(logits.log_softmax(-1), used)
     expected = torch.tensor([[0.0, 0.35 / 0.60, 0.25 / 0.60], [0.5 / 0.8, 0.3 / 0.8, 0.0]])
     torch.testing.assert_close(weights, expected)
-    torch.testing.assert_close(replay_selection(probs, top_k_renormalise(probs, 2))[1], top_k_renormalise(probs, 2)[1])
+    top2 = top_k_renormalise(probs, 2)
+    torch.testing.assert_close(replay_selection(logits.log_softmax(-1), top2)[1], top2[1])
     weights[0, 1].backward()  # the router still learns through the kept probabilities
-    assert probs.grad[0, 1] > 0 and probs.grad[0, 2] < 0 and probs.grad[0, 0] == 0
+    assert logits.grad[0, 1] > 0 and logits.grad[0, 2] < 0 and abs(logits.grad[0, 0]) < 1e-6  # 0 but for rounding
+
+
+def test_replay_selection_stays_finite_where_the_used_experts_probabilities_underflow() -> None:
+    """The learner re-routes with a gap of 200 nats to the experts the rollout used: their fp32 probabilities are 0,
+    and renormalising probabilities would give 0 / 0; the log-probs still order them (e^-1 : 1)."""
+    log_probs = torch.tensor([[0.0, -200.0, -201.0, -300.0]]).log_softmax(-1)
+    assert log_probs.exp()[0, 1:].eq(0).all()
+    weights = replay_selection(log_probs, torch.tensor([[0.0, 0.5, 0.5, 0.0]]))
+    e = math.exp(-1.0)
+    torch.testing.assert_close(weights, torch.tensor([[0.0, 1 / (1 + e), e / (1 + e), 0.0]]))
