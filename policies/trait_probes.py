@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from policies.evaluation import ANSWER_PREFIX, chat_prefix, next_token_logits
+from policies.evaluation import answer_ids, chat_prefix, next_token_logits
 from policies.policy import PersonaFusePolicy, position_ids_for, token_logprobs
 from policies.traits import BIG_FIVE
 
@@ -133,8 +133,8 @@ def self_report_scores(policy: PersonaFusePolicy, weights: Tensor | None) -> dic
     base (None)."""
     from rewards.judge import expected_score
 
-    texts = [chat_prefix(policy, PROBE_PROMPT.format(item=item), ANSWER_PREFIX) for _, item, _ in PROBES]
-    score_ids = [policy.tokenizer.encode(str(k), add_special_tokens=False)[-1] for k in range(1, 6)]
+    prefix, score_ids = answer_ids(policy, PROBE_PROMPT.format(item=PROBES[0][1]), "12345")
+    texts = [chat_prefix(policy, PROBE_PROMPT.format(item=item), prefix) for _, item, _ in PROBES]
     w = None if weights is None else weights.expand(len(texts), -1)
     ratings = expected_score(next_token_logits(policy, texts, w), score_ids).tolist()  # (B,) in [1, 5]
     keyed = [r if k > 0 else 6.0 - r for (_, _, k), r in zip(PROBES, ratings, strict=True)]

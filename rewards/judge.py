@@ -39,6 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from policies.answer_tokens import answer_tokens
 from rewards.base import register_reward
 
 # The judge's turn starts with one of these and the next token is the score: "Score: " then "1" for most
@@ -154,27 +155,14 @@ def score_tokens(
     encode: Callable[[str], list[int]], prompt_for: Callable[[str], str], scale: int, where: str
 ) -> tuple[str, list[int]]:
     """(prefix, K score-token ids): the first of ASSISTANT_PREFIXES after which every score 1..K is exactly one
-    token in context ("<prompt><prefix>" plus one token), K distinct tokens."""
-    tried = []
-    for prefix in ASSISTANT_PREFIXES:
-        gap = "" if prefix.endswith(" ") else " "
-        base = encode(prompt_for(prefix))
-        ids, bad = [], []
-        for k in range(1, scale + 1):
-            full = encode(prompt_for(prefix) + gap + str(k))
-            if full[: len(base)] == base and len(full) == len(base) + 1:
-                ids.append(full[-1])
-            else:
-                bad.append(str(k))
-        if not bad and len(set(ids)) == scale:
-            return prefix, ids
-        tried.append(
-            f"after {prefix!r}: {'scores ' + ', '.join(bad) + ' are not one token' if bad else 'two share a token'}"
-        )
-    raise ValueError(
-        f"scale={scale}: in {where} the scores 1..{scale} are not single tokens ({'; '.join(tried)}); "
-        "use a smaller scale (most tokenizers have single-token digits 1-9)"
-    )
+    token in context ("<prompt><prefix>" plus one token), K distinct tokens (``policies.answer_tokens``)."""
+    try:
+        return answer_tokens(encode, prompt_for, [str(k) for k in range(1, scale + 1)], ASSISTANT_PREFIXES)
+    except ValueError as err:
+        raise ValueError(
+            f"scale={scale}: in {where} the scores 1..{scale} are not single tokens ({err}); use a smaller scale "
+            "(most tokenizers have single-token digits 1-9)"
+        ) from None
 
 
 def render(template: str, situation: str, reply: str, scale: int) -> tuple[str, str]:

@@ -10,12 +10,15 @@ import torch
 from policies.evaluation import (
     MCItem,
     ShortAnswerItem,
+    answer_ids,
+    chat_prefix,
     evaluate_short_answer,
     is_refusal,
     is_short_answer_file,
     load_mc,
     load_short_answer,
     mc_loglik_choice,
+    mc_prompt,
     parse_choice,
     short_answer_correct,
 )
@@ -85,6 +88,22 @@ def test_load_short_answer_and_format_detection(tmp_path) -> None:
     bad.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n" + json.dumps({"question": "q", "answer": []}))
     with pytest.raises(ValueError, match=r"bad\.jsonl: line 2: needs a 'question' string and an 'answer'"):
         load_short_answer(bad)
+
+
+def test_answers_are_read_as_the_tokens_they_are_in_context(tiny_policy) -> None:
+    """SmolLM2's byte-level BPE folds the space into a letter ("Answer: C" -> ..., ":", "ĠC"), so the MC scorer ends
+    the prompt in "Answer:" and compares " A", " B", " C"; digits stay separate tokens ("Answer: " then "3"). Either
+    way the scored token is the one the full answer text encodes to."""
+    tok = tiny_policy.tokenizer
+    item = MCItem("Which is a fruit?", ("a chair", "a lamp", "an apple"), 2)
+    prefix, ids = answer_ids(tiny_policy, mc_prompt(item), "ABC")
+    assert prefix == "Answer:" and tok.convert_ids_to_tokens(ids) == ["ĠA", "ĠB", "ĠC"]
+    text = chat_prefix(tiny_policy, mc_prompt(item), prefix)
+    assert tok.encode(text + " C", add_special_tokens=False)[-1] == ids[2]
+    prefix, ids = answer_ids(tiny_policy, "Rate it 1-5.", "12345")
+    assert prefix == "Answer: " and tok.convert_ids_to_tokens(ids) == list("12345")
+    with pytest.raises(ValueError, match="answers apple pie, lemon tart are not single tokens"):
+        answer_ids(tiny_policy, mc_prompt(item), ["apple pie", "lemon tart"])
 
 
 @pytest.mark.slow

@@ -114,7 +114,8 @@ def test_score_tokens_are_checked_in_context(tiny_judge: Judge, tiny_model_dir: 
     assert tok.convert_ids_to_tokens(tiny_judge.score_token_ids) == ["1", "2", "3", "4", "5"]
     assert tiny_judge.prefix == "Score: "
     with pytest.raises(
-        ValueError, match=r"scale=10: .* scores 1..10 are not single tokens \(after 'Score: ': scores 10 "
+        ValueError,
+        match=r"scale=10: .* scores 1..10 are not single tokens \(after 'Score: ': 10 not one token; after 'Score:'",
     ):
         Judge(model=str(tiny_model_dir), scale=10, **JUDGE_OPTIONS)
 
