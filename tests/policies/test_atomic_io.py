@@ -5,7 +5,10 @@ import pytest
 from policies.atomic_io import atomic_dir, atomic_write_text
 
 
-def test_atomic_dir_replaces_and_cleans_up(tmp_path) -> None:
+@pytest.mark.parametrize("can_exchange", [True, False], ids=["exchange", "two-renames"])
+def test_atomic_dir_replaces_and_cleans_up(tmp_path, monkeypatch, can_exchange: bool) -> None:
+    if not can_exchange:  # the fallback where renameat2 is missing (not Linux, old C library, some file systems)
+        monkeypatch.setattr("policies.atomic_io.exchange", lambda a, b: False)
     with atomic_dir(tmp_path / "ckpt") as staging:
         (staging / "a.txt").write_text("one")
     with atomic_dir(tmp_path / "ckpt") as staging:
@@ -41,3 +44,17 @@ def test_a_killed_runs_leftover_does_not_block_the_next(tmp_path) -> None:
 def test_atomic_write_text(tmp_path) -> None:
     atomic_write_text(tmp_path / "x" / "f.json", "{}")
     assert (tmp_path / "x" / "f.json").read_text() == "{}"
+
+
+def test_an_existing_folder_is_exchanged_in_one_step(tmp_path) -> None:
+    """On Linux the new folder takes the old one's place in one renameat2(RENAME_EXCHANGE): never a moment without
+    a folder at the target, as the two-rename fallback has."""
+    from policies.atomic_io import exchange
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_text("a")
+    (tmp_path / "b").mkdir()
+    assert exchange(tmp_path / "a", tmp_path / "b")  # this CI and dev host: Linux with glibc >= 2.28
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["x"] and not any((tmp_path / "a").iterdir())
+    with pytest.raises(OSError, match="No such file"):
+        exchange(tmp_path / "missing", tmp_path / "a")
