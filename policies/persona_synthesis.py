@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import Field, field_validator
@@ -101,6 +101,12 @@ class SynthesisConfig(FrozenConfig):
     min_words: int = Field(8, ge=1, description="Filter: shorter replies are dropped (and counted).")
     max_words: int = Field(120, ge=1, description="Filter: longer replies are dropped (and counted).")
     max_repeated_trigram_share: float = Field(0.2, ge=0, le=1, description="Filter: repetitive replies dropped.")
+    cut_replies: Literal["trim", "drop", "keep"] = Field(
+        "trim",
+        description="Replies the teacher did not finish within reply_tokens: cut back to their last complete "
+        "sentence (dropped, as cut_off, when there is none), dropped, or kept as they are (SFT would then teach the "
+        "expert to stop mid-sentence).",
+    )
     demonstrations: bool = Field(True, description="Open with a project-written exchange in the pole's voice.")
     seed: int = Field(0, description="Sampling seed.")
 
@@ -122,7 +128,8 @@ def repeated_trigram_share(text: str) -> float:
 
 
 def filter_reason(reply: str, seen: set[str], cfg: SynthesisConfig) -> str | None:
-    """Why a reply is dropped (``too_short``, ``too_long``, ``repetitive``, ``refusal``, ``duplicate``) or None."""
+    """Why a reply is dropped (``too_short``, ``too_long``, ``repetitive``, ``refusal``, ``duplicate``) or None.
+    (``cut_off``, a reply cut at reply_tokens with no complete sentence, is decided before these.)"""
     words = len(reply.split())
     norm = _normalise(reply)
     if words < cfg.min_words:
@@ -138,12 +145,33 @@ def filter_reason(reply: str, seen: set[str], cfg: SynthesisConfig) -> str | Non
     return None
 
 
+_SENTENCE_END = re.compile(r"[.!?][\"'’”)\]]*(?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str | None:
+    """``text`` up to and including its last sentence end (".", "!" or "?", closing quotes or brackets kept), or
+    None when it has none: what remains of a reply cut off mid-sentence.
+
+    >>> trim_to_sentence('That hurts. Have you told her? You could say "go for')
+    'That hurts. Have you told her?'
+    """
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]] if ends else None
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    cut: bool  # the teacher hit its token budget before ending the turn
+
+
 @dataclass(frozen=True)
 class Sample:
     situation: Situation
     expert: str
     reasoning: str
     reply: str
+    trimmed: bool = False  # cut back to its last complete sentence (cut_replies=trim)
 
 
 class HFTeacher:
@@ -160,7 +188,7 @@ class HFTeacher:
         self.seed = seed
 
     @torch.no_grad()
-    def chat(self, conversations: list[list[dict[str, str]]], max_new_tokens: int, cfg: SynthesisConfig) -> list[str]:
+    def chat(self, conversations: list[list[dict[str, str]]], max_new_tokens: int, cfg: SynthesisConfig) -> list[Reply]:
         texts = [
             self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations
         ]
@@ -169,9 +197,11 @@ class HFTeacher:
             **batch, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
         )  # fmt: skip
-        return [
-            t.strip() for t in self.tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
-        ]
+        generated = out[:, batch.input_ids.shape[1] :]
+        eos = torch.tensor(_eos_ids(self.model.generation_config, self.tokenizer))
+        ended = torch.isin(generated, eos).any(-1).tolist()  # generate pads a finished row after its EOS
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return [Reply(t.strip(), not e) for t, e in zip(texts, ended, strict=True)]
 
 
 class VLLMTeacher:
@@ -197,12 +227,18 @@ class VLLMTeacher:
 
         params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=max_new_tokens)
         outputs = self.llm.chat(conversations, params, use_tqdm=False)
-        return [o.outputs[0].text.strip() for o in outputs]
+        return [Reply(o.outputs[0].text.strip(), o.outputs[0].finish_reason == "length") for o in outputs]
+
+
+def _eos_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    eos = generation_config.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return ids or [tokenizer.eos_token_id]
 
 
 class Teacher(Protocol):
-    def chat(self, conversations: list[list[dict[str, str]]], max_new_tokens: int, cfg: SynthesisConfig) -> list[str]:
-        """One reply per conversation."""
+    def chat(self, conversations: list[list[dict[str, str]]], max_new_tokens: int, cfg: SynthesisConfig) -> list[Reply]:
+        """One reply per conversation, and whether the token budget cut it off."""
         ...
 
 
@@ -233,7 +269,7 @@ def synthesize(cfg: SynthesisConfig, teacher: Teacher) -> tuple[list[Sample], di
             ]
             for s, e in chunk
         ]
-        thoughts = teacher.chat(think, cfg.think_tokens, cfg)
+        thoughts = [t.text for t in teacher.chat(think, cfg.think_tokens, cfg)]  # only context: a cut one serves
         replies = teacher.chat(
             [
                 [*c, {"role": "assistant", "content": t}, {"role": "user", "content": REPLY_PROMPT}]
@@ -243,13 +279,17 @@ def synthesize(cfg: SynthesisConfig, teacher: Teacher) -> tuple[list[Sample], di
             cfg,
         )
         for (situation, expert), thought, reply in zip(chunk, thoughts, replies, strict=True):
-            reason = filter_reason(reply, seen[expert], cfg)
+            text, trimmed = reply.text, False
+            if reply.cut and cfg.cut_replies != "keep":
+                text = trim_to_sentence(text) if cfg.cut_replies == "trim" else None
+                trimmed = True
+            reason = "cut_off" if text is None else filter_reason(text, seen[expert], cfg)
             if reason:
                 counts[expert][reason] = counts[expert].get(reason, 0) + 1
                 continue
-            seen[expert].add(_normalise(reply))
+            seen[expert].add(_normalise(text))
             counts[expert]["kept"] += 1
-            kept.append(Sample(situation, expert, thought, reply))
+            kept.append(Sample(situation, expert, thought, text, trimmed))
     return kept, counts
 
 
@@ -272,6 +312,7 @@ def write_persona_data(cfg: SynthesisConfig) -> Path:
                     "category": s.situation.category,
                     "situation": s.situation.text,
                     "reply": s.reply,
+                    "trimmed": s.trimmed,
                     "reasoning": s.reasoning,
                     "provenance": provenance,
                 }
@@ -286,6 +327,7 @@ def write_persona_data(cfg: SynthesisConfig) -> Path:
             "openings": {e: opening(e, cfg) for e in cfg.experts},
             "pole_descriptions": {e: POLE_DESCRIPTIONS[e] for e in cfg.experts},
             "counts": counts,
+            "trimmed": {e: sum(s.trimmed for s in samples if s.expert == e) for e in cfg.experts},
             "selection": SELECTION,
             "seconds": time.perf_counter() - start,
             "config": json.loads(cfg.model_dump_json()),

@@ -6,14 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from policies.persona_synthesis import (
     DEMONSTRATION_SITUATION,
     DEMONSTRATIONS,
+    Reply,
     SynthesisConfig,
     filter_reason,
     opening,
     repeated_trigram_share,
+    synthesize,
+    trim_to_sentence,
     write_persona_data,
 )
 from policies.trait_probes import SITUATIONAL_PROBES
@@ -32,6 +36,66 @@ def test_filters_name_their_reason() -> None:
     assert repeated_trigram_share("a b c a b c") == 0.25  # 4 trigrams, 1 repeats an earlier one
 
 
+def test_trim_to_sentence_keeps_complete_sentences_only() -> None:
+    assert trim_to_sentence("That hurts. Have you told her? You could say") == "That hurts. Have you told her?"
+    assert trim_to_sentence('She said "stop." Then we went to the') == 'She said "stop."'
+    assert trim_to_sentence("It costs 3.5 dollars and") is None  # a decimal point ends no sentence
+    assert trim_to_sentence("Wait!") == "Wait!"
+
+
+class ScriptedTeacher:
+    """Returns fixed replies in order: the synthesis loop's bookkeeping without a model (the teachers themselves are
+    tested on the tiny model below)."""
+
+    def __init__(self, replies: list[Reply]):
+        self.replies = replies
+
+    def chat(self, conversations, max_new_tokens, cfg) -> list[Reply]:
+        if max_new_tokens == cfg.think_tokens:
+            return [Reply("thinking", cut=True) for _ in conversations]
+        out, self.replies = self.replies[: len(conversations)], self.replies[len(conversations) :]
+        return out
+
+
+KEPT_WHOLE, TRIMMED = "A whole reply that ended.", "Two sentences here. A third one."
+
+
+@pytest.mark.parametrize(
+    ("mode", "kept", "counts"),
+    [
+        ("trim", [KEPT_WHOLE, TRIMMED], {"kept": 2, "cut_off": 1}),
+        ("drop", [KEPT_WHOLE], {"kept": 1, "cut_off": 2}),
+        ("keep", [KEPT_WHOLE, TRIMMED + " And a fourth", "no sentence end at all here"], {"kept": 3}),
+    ],
+)
+def test_cut_off_replies_are_trimmed_dropped_or_kept(tmp_path, mode: str, kept: list[str], counts: dict) -> None:
+    """The teacher's cut-off replies would teach an expert to stop mid-sentence: by default they are cut back to
+    their last complete sentence, and dropped (counted as cut_off) when none is complete."""
+    cfg = small_config("unused", tmp_path, ("agreeableness_high",), cut_replies=mode)
+    teacher = ScriptedTeacher([
+        Reply(KEPT_WHOLE, cut=False),
+        Reply(TRIMMED + " And a fourth", cut=True),
+        Reply("no sentence end at all here", cut=True),
+    ])  # fmt: skip
+    samples, got = synthesize(cfg, teacher)
+    assert [s.reply for s in samples] == kept and got["agreeableness_high"] == counts
+    assert [s.trimmed for s in samples] == ([False, True] if mode == "trim" else [False] * len(kept))
+
+
+def test_hf_teacher_flags_replies_that_hit_the_token_budget(tiny_model_dir) -> None:
+    from policies.persona_synthesis import HFTeacher
+
+    cfg = SynthesisConfig(output_dir="x", temperature=1.0)
+    teacher = HFTeacher(str(tiny_model_dir), seed=0)
+    replies = teacher.chat([[{"role": "user", "content": "Hi"}]] * 2, 6, cfg)
+    assert [r.cut for r in replies] == [True, True]  # a random model does not emit EOS within 6 tokens
+    eos = teacher.tokenizer.eos_token_id
+    teacher.model.generation_config.eos_token_id = eos
+    with torch.no_grad():  # make EOS the only likely token: every reply ends at once
+        teacher.model.lm_head.weight[eos] += 1e3 * teacher.model.lm_head.weight.abs().max()
+    assert [r.cut for r in teacher.chat([[{"role": "user", "content": "Hi"}]] * 2, 6, cfg)] == [False, False]
+
+
 def small_config(model: str, out: Path, experts: tuple[str, ...], **options) -> SynthesisConfig:
     """Three situations calling up the first pole, short turns, filters open: the synthesis tests' setup."""
     rows = [
@@ -42,7 +106,7 @@ def small_config(model: str, out: Path, experts: tuple[str, ...], **options) -> 
     return SynthesisConfig(
         teacher=model, output_dir=str(out / "data"), situations=str(_write(out, rows)), experts=experts,
         think_tokens=8, reply_tokens=12, min_words=1, max_words=200, max_repeated_trigram_share=1.0, batch_size=4,
-        **options,
+        **{"cut_replies": "keep", **options},  # a random model's 12 tokens never end a sentence
     )  # fmt: skip
 
 

@@ -15,7 +15,8 @@ def _config(tmp_path, tiny_model_dir) -> PipelineConfig:
         "output_dir": str(tmp_path / "pipe"),
         "base_model": str(tiny_model_dir),
         "persona_data": {"max_situations": 2, "think_tokens": 8, "reply_tokens": 10, "min_words": 1,
-                         "max_words": 500, "max_repeated_trigram_share": 1.0, "batch_size": 20},
+                         "max_words": 500, "max_repeated_trigram_share": 1.0, "batch_size": 20,
+                         "cut_replies": "keep"},  # a random model's 10 tokens never end a sentence
         "adapters": {"epochs": 1, "batch_size": 10, "max_tokens": 512},
         "router": {"epochs": 5},
         "rl_config": "configs/tiny_test.yaml",
