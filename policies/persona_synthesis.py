@@ -14,13 +14,14 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 from pydantic import Field, field_validator
 
 from policies.atomic_io import atomic_dir
 from policies.config import FrozenConfig
+from policies.policy import eos_token_ids
 from policies.situations import Situation, load_situations, spread_over_categories
 from policies.traits import DEFAULT_EXPERTS, validate_expert_names
 
@@ -198,7 +199,7 @@ class HFTeacher:
             pad_token_id=self.tokenizer.pad_token_id,
         )  # fmt: skip
         generated = out[:, batch.input_ids.shape[1] :]
-        eos = torch.tensor(_eos_ids(self.model.generation_config, self.tokenizer))
+        eos = torch.tensor(eos_token_ids(self.model, self.tokenizer))
         ended = torch.isin(generated, eos).any(-1).tolist()  # generate pads a finished row after its EOS
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         return [Reply(t.strip(), not e) for t, e in zip(texts, ended, strict=True)]
@@ -228,12 +229,6 @@ class VLLMTeacher:
         params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=max_new_tokens)
         outputs = self.llm.chat(conversations, params, use_tqdm=False)
         return [Reply(o.outputs[0].text.strip(), o.outputs[0].finish_reason == "length") for o in outputs]
-
-
-def _eos_ids(generation_config: Any, tokenizer: Any) -> list[int]:
-    eos = generation_config.eos_token_id
-    ids = [eos] if isinstance(eos, int) else list(eos or [])
-    return ids or [tokenizer.eos_token_id]
 
 
 class Teacher(Protocol):

@@ -41,6 +41,14 @@ def load_base_model(path: str, dtype: torch.dtype = torch.float32) -> PreTrained
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, trust_remote_code=False)
 
 
+def eos_token_ids(model: PreTrainedModel, tokenizer) -> list[int]:
+    """Every id that ends a reply: the tokenizer's EOS and the model's ``generation_config.eos_token_id`` (an int or
+    a list: Qwen2.5-Instruct lists both <|im_end|> and <|endoftext|>), as vLLM stops on all of them."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = [tokenizer.eos_token_id, *([configured] if isinstance(configured, int) else configured or [])]
+    return sorted({i for i in ids if i is not None})
+
+
 def position_ids_for(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding, as HF generate computes them. (B, L) -> (B, L)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
@@ -324,7 +332,7 @@ class PersonaFusePolicy(nn.Module):
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=eos_token_ids(self.model, self.tokenizer),
             **sampling,
         )
         with self.mixture(weights):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from transformers import GenerationConfig
 
-from policies.policy import PersonaFusePolicy, bf16_autocast, token_logprobs
+from policies.policy import PersonaFusePolicy, bf16_autocast, eos_token_ids, token_logprobs
 from rlhf.batch import RolloutBatch
 from rlhf.build import build_policy, persona_config, tokenize_prompts
 from rlhf.config import JobConfig
@@ -19,9 +20,9 @@ from rlhf.prompts import PromptRecord
 from rlhf.sync import AdapterState, StaleWeightsError, SyncedAdapters, load_snapshot
 
 
-def response_mask_until_eos(response_ids: Tensor, eos_token_id: int) -> Tensor:
-    """1 up to and including the first EOS of each row, 0 after it. (B, T) -> (B, T)."""
-    is_eos = response_ids == eos_token_id
+def response_mask_until_eos(response_ids: Tensor, eos_token_ids: int | list[int]) -> Tensor:
+    """1 up to and including the first EOS (any of ``eos_token_ids``) of each row, 0 after it. (B, T) -> (B, T)."""
+    is_eos = torch.isin(response_ids, torch.as_tensor(eos_token_ids, device=response_ids.device))
     after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
     return (~after_eos).long()
 
@@ -46,6 +47,15 @@ class HFEngine:
     def __init__(self, policy: PersonaFusePolicy, cfg: JobConfig):
         self.policy = policy
         self.cfg = cfg.rollout
+        self.eos = eos_token_ids(policy.model, policy.tokenizer)
+        # generate fills what a call leaves unset from the model's generation_config.json (Qwen2.5-Instruct's sets
+        # repetition_penalty 1.05), which would sample from another distribution than the log-probs recorded
+        # below; vLLM ignores those defaults under explicit SamplingParams. This engine's own copy gets a neutral one.
+        policy.model.generation_config = GenerationConfig(
+            eos_token_id=self.eos,
+            pad_token_id=policy.tokenizer.pad_token_id,
+            bos_token_id=policy.tokenizer.bos_token_id,
+        )
 
     @torch.no_grad()
     def sample(
@@ -69,7 +79,7 @@ class HFEngine:
                 top_k=0,
                 max_new_tokens=self.cfg.max_new_tokens,
                 pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
+                eos_token_id=self.eos,
                 output_logits=True,
                 return_dict_in_generate=True,
             )
@@ -83,8 +93,8 @@ class HFEngine:
             ],
             dim=1,
         )  # (N*G, T)
-        response_mask = response_mask_until_eos(response_ids, tok.eos_token_id)
-        truncated = ~(response_ids == tok.eos_token_id).any(-1)  # generate stops a row only at EOS or the limit
+        response_mask = response_mask_until_eos(response_ids, self.eos)
+        truncated = ~torch.isin(response_ids, torch.tensor(self.eos, device=device)).any(-1)  # EOS or the limit
         return response_ids.cpu(), response_mask.cpu(), (logprobs * response_mask).cpu(), truncated.cpu()
 
     def close(self) -> None:

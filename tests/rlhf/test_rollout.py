@@ -16,6 +16,7 @@ from tests.conftest import randomize_experts
 def test_response_mask_until_eos() -> None:
     ids = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 9, 2, 9]])
     assert response_mask_until_eos(ids, 2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert response_mask_until_eos(ids, [9, 7]).tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]]
 
 
 def test_prompt_seeds_never_repeat_across_prompts_actors_and_steps() -> None:
@@ -91,6 +92,41 @@ def test_truncated_marks_the_replies_cut_off_at_the_limit(worker) -> None:
     ended = torch.stack([row[n - 1] == eos for row, n in zip(batch.response_ids, lengths, strict=True)])
     assert ended.any() and not ended.all()
     assert torch.equal(batch.truncated, ~ended) and (lengths[batch.truncated] == 6).all()
+
+
+def test_the_models_generation_defaults_do_not_change_sampling_but_its_eos_ids_end_replies(
+    tiny_model_dir, tmp_path
+) -> None:
+    """A model folder's generation_config.json may list a second EOS id (Qwen2.5-Instruct: <|im_end|> and
+    <|endoftext|>) and set sampling defaults (Qwen's repetition_penalty 1.05). vLLM stops on every EOS id and
+    ignores the defaults under explicit SamplingParams; the HF engine must do the same, or it samples from another
+    distribution than the log-probs it records. Here min_new_tokens=6 in the folder would forbid any EOS within the
+    6 tokens: replies must still end at the folder's second EOS id, which the head favours."""
+    import json
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    worker_eos = 300
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config.update(eos_token_id=[config["eos_token_id"], worker_eos], min_new_tokens=6, repetition_penalty=1.5)
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    worker = make_worker(model_dir)
+    model = worker.policy.model
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[worker_eos] = 10.0
+    model.lm_head = head
+    worker.set_weights(snapshot(worker.policy, version=0))
+    records = load_prompts("builtin")[:2]
+    batch = worker.generate(records, routed(worker, records), group_offset=0, version=0, seed=1)
+    lengths = batch.response_mask.sum(-1)
+    ended = torch.stack([row[n - 1] == worker_eos for row, n in zip(batch.response_ids, lengths, strict=True)])
+    assert ended.any() and (lengths[ended] < 6).any() and torch.equal(batch.truncated, ~ended)
+    relogged = worker.policy.logprobs(batch.input_ids, batch.attention_mask, 6, batch.routing_weights)
+    torch.testing.assert_close(relogged * batch.response_mask, batch.rollout_logprobs, atol=1e-4, rtol=0)
 
 
 def test_samples_with_the_weights_it_is_given(worker) -> None:
