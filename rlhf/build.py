@@ -65,6 +65,33 @@ def route_records(policy: PersonaFusePolicy, records: list[PromptRecord], max_to
     return RoutedPrompts(weights.float().cpu(), features.cpu())  # features in the policy's dtype, for its router
 
 
+def check_prompts_fit(cfg: JobConfig, records: list[PromptRecord]) -> None:
+    """Before Ray starts: every prompt, chat-templated by the base model's tokenizer, fits data.max_prompt_tokens,
+    and a prompt plus rollout.max_new_tokens fits the model's context. Found at sampling time instead, an over-long
+    row would stop the run at whichever step first draws it, and a resume would draw it again. One error lists
+    every offending record."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = base_model_dir(cfg)
+    limit, reply = cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens
+    context = getattr(AutoConfig.from_pretrained(folder, trust_remote_code=False), "max_position_embeddings", None)
+    if context is not None and limit + reply > context:
+        raise ValueError(
+            f"data.max_prompt_tokens ({limit}) + rollout.max_new_tokens ({reply}) = {limit + reply} tokens is more "
+            f"than the base model's context ({context} positions, {folder}); lower one of them"
+        )
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    texts = [tok.apply_chat_template(list(r.messages), add_generation_prompt=True, tokenize=False) for r in records]
+    lengths = [len(ids) for ids in tok(texts, add_special_tokens=False).input_ids]
+    over = [f"{r.source} ({n} tokens)" for r, n in zip(records, lengths, strict=True) if n > limit]
+    if over:
+        shown = "; ".join(over[:10]) + (f"; and {len(over) - 10} more" if len(over) > 10 else "")
+        raise ValueError(
+            f"{len(over)} prompt(s) longer than data.max_prompt_tokens={limit}: {shown}; shorten them or raise the "
+            "limit"
+        )
+
+
 def tokenize_prompts(policy: PersonaFusePolicy, records: list[PromptRecord], max_tokens: int) -> tuple[
     list[str], Tensor, Tensor
 ]:  # fmt: skip

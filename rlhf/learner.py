@@ -93,6 +93,10 @@ def deepspeed_config(cfg: JobConfig, grad_accum: int) -> dict:
     }
 
 
+# Metrics averaged over the micro-steps that report them; every other one is a token mean (see Learner.update).
+PER_STEP_METRICS = ("router/", "pole_anchor/", "grad_norm")
+
+
 def loss_mask(mb: RolloutBatch, mask_truncated: bool) -> Tensor:
     """(b, T) the tokens the loss trains on: the response tokens, without cut-off replies under
     ``algorithm.overlong.mask_truncated``."""
@@ -255,8 +259,10 @@ class Learner:
         algorithm.kl.coef; the driver's adaptive controller passes its own).
 
         ``loss`` is this rank's share of each minibatch loss (sum over its micro-batches of S * dp / N_global),
-        averaged over minibatches; the driver's mean over ranks is then the full-batch loss. Other metrics are
-        means over micro-batches.
+        averaged over minibatches; the driver's mean over ranks is then the full-batch loss. Token metrics (kl,
+        entropy, clip_frac, rollout_is/*, critic/*) are means over all the update's loss tokens, each micro-step
+        weighted by its token count: a micro-step with none (every reply cut off, under mask_truncated) does not
+        pull them toward 0. The router's, the pole anchor's and grad_norm are means over the steps reporting them.
         """
         algo = self.cfg.algorithm
         self.kl_coef = algo.kl.coef if kl_coef is None else kl_coef
@@ -266,7 +272,7 @@ class Learner:
         minibatches = shard.to(self.device).shards(algo.minibatches)
         losses: list[Tensor] = []
         sums: dict[str, Tensor] = {}
-        seen: dict[str, int] = {}  # micro-steps that reported each metric (pole_anchor/*: one per optimizer step)
+        seen: dict[str, Tensor] = {}  # tokens, or micro-steps, behind each metric (pole_anchor/*: optimizer steps)
         # Each rank takes its own blocks, numbered by optimizer steps so far, so a resumed run sees the same pairs.
         self.anchor_index = self.version * algo.ppo_epochs * algo.minibatches * self.world_size + self.rank
         for _ in range(algo.ppo_epochs):
@@ -275,14 +281,16 @@ class Learner:
                 for mb in self.micro_batches(minibatch):
                     metrics = self._micro_step(mb, count, len(minibatch))
                     minibatch_loss.append(metrics.pop("loss"))
+                    tokens = metrics.pop("tokens")
                     for key, value in metrics.items():
-                        sums[key] = sums[key] + value if key in sums else value
-                        seen[key] = seen.get(key, 0) + 1
+                        weight = torch.ones_like(tokens) if key.startswith(PER_STEP_METRICS) else tokens
+                        sums[key] = sums[key] + value * weight if key in sums else value * weight
+                        seen[key] = seen[key] + weight if key in seen else weight
                 losses.append(torch.stack(minibatch_loss).sum())
         self.version += 1
         keys = list(sums)
         # The metrics stay on the device until here: one host sync per update, not one per metric per micro-step.
-        values = torch.stack([torch.stack(losses).mean(), *(sums[k] / seen[k] for k in keys)]).tolist()
+        values = torch.stack([torch.stack(losses).mean(), *(sums[k] / seen[k].clamp_min(1) for k in keys)]).tolist()
         return {"loss": values[0], **dict(zip(keys, values[1:], strict=True)), **lr}
 
     def _micro_step(self, mb: RolloutBatch, count: MinibatchCounts, minibatch_rows: int) -> dict[str, Tensor]:
@@ -350,6 +358,7 @@ class Learner:
             grad_norm = own_norm if grad_norm is None else torch.as_tensor(grad_norm, dtype=torch.float32)
         reported = {
             "loss": loss,
+            "tokens": mask.sum(),
             "kl": masked_mean(kl, mask),
             "entropy": masked_mean(entropy, mask),
             "clip_frac": metrics["actor/clip_frac"],

@@ -21,6 +21,7 @@ from policies.atomic_io import atomic_dir, atomic_write_text
 from rewards.compose import preflight
 from rlhf import learner_state, stages
 from rlhf.batch import RolloutBatch
+from rlhf.build import check_prompts_fit
 from rlhf.config import JobConfig
 from rlhf.kl import adaptive_kl_coef
 from rlhf.placement import ActorGroups, create_actors, release, start_ray
@@ -187,6 +188,7 @@ def fit(cfg: JobConfig, resume: str | None = None) -> Path:
     held_out = None
     if cfg.run.eval_every:
         held_out = load_eval_prompts(cfg.data.eval_path, cfg.data.eval_prompts, system_prompt=cfg.data.system_prompt)
+    check_prompts_fit(cfg, records + (held_out or []))
     stream = PromptStream(records, cfg.data.prompts_per_step, seed=cfg.run.seed)
     anchor = cfg.algorithm.pole_anchor
     persona_data = load_persona_data(anchor.data_dir) if anchor.coef > 0 else None

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.build import build_policy, route_records, tokenize_prompts
+from rlhf.build import build_policy, check_prompts_fit, route_records, tokenize_prompts
 from rlhf.config import load_config
 from rlhf.prompts import PromptRecord, load_prompts
 
@@ -31,6 +31,22 @@ def test_over_long_prompt_names_its_source(tiny_policy) -> None:
         tokenize_prompts(tiny_policy, records, max_tokens=16)
     texts, ids, mask = tokenize_prompts(tiny_policy, records, max_tokens=512)
     assert "word" in texts[0] and ids.shape == mask.shape
+
+
+def test_prompts_are_checked_against_the_limit_and_the_context_before_anything_starts(tiny_model_dir) -> None:
+    """All over-long records in one error (the driver runs this before Ray starts), and a limit that with the
+    reply budget overruns the model's 512 positions is an error too."""
+    cfg = load_config(None, [f"policy.base_model={tiny_model_dir}", "data.max_prompt_tokens=40"])
+    short = PromptRecord(({"role": "user", "content": "I lost my keys."},), None, "p.jsonl:1")
+    long = [PromptRecord(({"role": "user", "content": "word " * 60},), None, f"p.jsonl:{i}") for i in (2, 5)]
+    check_prompts_fit(cfg, [short])
+    with pytest.raises(
+        ValueError, match=r"2 prompt\(s\) longer than data.max_prompt_tokens=40: p\.jsonl:2 \(\d+ tokens\); p\.jsonl:5"
+    ):
+        check_prompts_fit(cfg, [short, *long])
+    cfg = load_config(None, [f"policy.base_model={tiny_model_dir}", "data.max_prompt_tokens=480"])
+    with pytest.raises(ValueError, match=r"= 544 tokens is more than the base model's context \(512 positions"):
+        check_prompts_fit(cfg, [short])
 
 
 def test_route_records_returns_the_features_the_router_read(tiny_policy) -> None:

@@ -322,16 +322,19 @@ def test_update_uses_the_drivers_kl_coefficient(ray_local, tiny_model_dir) -> No
 
 def test_mask_truncated_leaves_the_cut_off_replies_out_of_the_loss(ray_local, tiny_model_dir) -> None:
     """algorithm.overlong.mask_truncated trains exactly as if the cut-off replies had no tokens (the same loss and
-    the same new adapters), and differently from training on them."""
+    the same new adapters), and differently from training on them. The first micro-batch of 4 is all cut off: its
+    no tokens must not pull the logged token means (entropy) toward 0, so they equal one micro-batch's over the
+    other 3 replies."""
     overrides = tiny_overrides(tiny_model_dir, "learner.micro_batch_size=4")
     batch = sample_batch(overrides)
-    batch.truncated = torch.tensor([True, False, False, False, False, True, True, False])
+    batch.truncated = torch.tensor([True, True, True, True, False, True, False, False])
     without = batch.select(slice(None))
     without.response_mask = without.response_mask * (~batch.truncated).long()[:, None]
     masked, _, masked_state = one_step(load_config(None, [*overrides, "algorithm.overlong.mask_truncated=true"]), batch)
-    dropped, _, dropped_state = one_step(load_config(None, overrides), without)
+    dropped, _, dropped_state = one_step(load_config(None, [*overrides, "learner.micro_batch_size=8"]), without)
     trained, _, trained_state = one_step(load_config(None, overrides), batch)
     assert masked["loss"] == pytest.approx(dropped["loss"], rel=1e-5) and masked["loss"] != trained["loss"]
+    assert masked["entropy"] == pytest.approx(dropped["entropy"], rel=1e-5)
     b = first_lora_b(masked_state)
     torch.testing.assert_close(masked_state.tensors[b], dropped_state.tensors[b], atol=1e-6, rtol=1e-5)
     assert not torch.allclose(masked_state.tensors[b], trained_state.tensors[b], atol=1e-6)
