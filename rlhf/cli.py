@@ -29,6 +29,9 @@ def run_rl_job(algorithm: str, description: str, argv: list[str] | None = None) 
     )
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. run.steps=4")
     args = parser.parse_args(argv)
+    if args.resume and "=" in args.resume and not Path(args.resume).exists():
+        # argparse hands "--resume run.steps=16" the override as its optional value: it is an override.
+        args.overrides, args.resume = [args.resume, *args.overrides], "latest"
     try:
         cfg = load_config(args.config, args.overrides, defaults={"algorithm": {"name": algorithm}})
         if cfg.algorithm.name != algorithm:

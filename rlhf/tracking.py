@@ -28,7 +28,8 @@ class Tracker:
             for path in (p for p in (self.metrics_file, self.eval_file) if p.exists()):
                 kept = [json.dumps(r) + "\n" for r in read_rows(path) if r["step"] <= start_step]
                 atomic_write_text(path, "".join(kept))
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        # On resume TensorBoard drops the events after the checkpoint too, so rerun steps are not drawn twice.
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="rl", unit="step", dynamic_ncols=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

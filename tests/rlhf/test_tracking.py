@@ -25,6 +25,30 @@ def test_metrics_tensorboard_and_plots(tmp_path) -> None:
     assert list((tmp_path / "tensorboard").iterdir())
 
 
+def test_a_resume_rewrites_the_steps_after_its_checkpoint_in_tensorboard_too(tmp_path) -> None:
+    """Steps 1-3 logged, then a resume from the step-1 checkpoint logs 2-3 again with other values: TensorBoard
+    shows each step once, with the rerun's value, as metrics.jsonl does."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = Tracker(tmp_path, 3, EXPERTS)
+    for step in (1, 2, 3):
+        first.log(step, row(0.1 * step))
+    first.writer.close()
+    resumed = Tracker(tmp_path, 3, EXPERTS, start_step=1)
+    for step in (2, 3):
+        resumed.log(step, row(1.0 * step))
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = [(e.step, round(e.value, 3)) for e in events.Scalars("reward/mean")]
+    assert scalars == [(1, 0.1), (2, 2.0), (3, 3.0)]
+    assert [json.loads(x)["reward/mean"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        0.1,
+        2.0,
+        3.0,
+    ]
+
+
 def test_non_finite_metric_stops_the_run(tmp_path) -> None:
     tracker = Tracker(tmp_path, 1, EXPERTS)
     with pytest.raises(FloatingPointError, match="kl"):
