@@ -135,7 +135,12 @@ def load_rows(path: str, cfg: RewardTrainingConfig) -> list[PairRow] | list[Labe
             reply_field if d.prompt_field not in row and isinstance(row.get(reply_field), list) else d.prompt_field
         )
         prompt = _text(row, prompt_field, where, role="user", required=False)
-        group = json.dumps(row.get(d.split_by, prompt), sort_keys=True, default=str)
+        if d.split_by in (d.prompt_field, "prompt"):  # the parsed question: its plain and chat forms group together
+            group = " ".join(prompt.split())
+        elif d.split_by in row:
+            group = json.dumps(row[d.split_by], sort_keys=True, default=str)
+        else:
+            raise RewardDataError(f"{where}: no field {d.split_by!r} to group the held-out split by (data.split_by)")
         if cfg.task == "pairs":
             chosen = _text(row, d.chosen_field, where, role="assistant")
             rejected = _text(row, d.rejected_field, where, role="assistant")

@@ -92,6 +92,18 @@ def test_split_keeps_groups_whole() -> None:
     assert not {r.group for r in train} & {r.group for r in held}
 
 
+def test_one_question_in_plain_and_chat_form_is_one_group_and_split_by_must_exist(tmp_path) -> None:
+    """The held-out split must not see a question it trained on: the same question with a trailing space, or as a
+    chat prompt with a system turn, groups with its plain form. A split_by field no row has is an error."""
+    path = tmp_path / "pairs.jsonl"
+    chat = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "How do I  cope?"}]
+    rows = [{"prompt": p, "chosen": "a", "rejected": "b"} for p in ("How do I cope?", "How do I cope? ", chat)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len({r.group for r in load_rows(str(path), _config(tmp_path, str(path)))}) == 1
+    with pytest.raises(RewardDataError, match=r"line 1: no field 'question_id' to group the held-out split by"):
+        load_rows(str(path), _config(tmp_path, str(path), data={"split_by": "question_id"}))
+
+
 def test_pair_metrics_report_the_length_baseline() -> None:
     pairs = [PairRow("", "long answer", "short", None, ""), PairRow("", "tiny", "much longer", None, "")]
     metrics = pair_metrics(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 2.0]), pairs)
