@@ -69,14 +69,17 @@ def supervised_contrastive(features: Tensor, labels: Tensor, temperature: float 
 
 def routing_metrics(probs: Tensor, targets: Tensor, experts: tuple[str, ...]) -> dict:
     """Top-1 / top-2 accuracy of the primary pole and the confusion matrix (rows: target primary, cols: router
-    top-1). probs, targets (N, E)."""
-    primary = targets.argmax(-1)  # (N,)
+    top-1). probs, targets (N, E). A target with tied primaries (a 50/50 situation) counts as hit by either, and
+    its confusion row is the one the router picked when that is a primary (else the first primary)."""
+    primary = targets == targets.amax(-1, keepdim=True)  # (N, E): every primary pole
     top2 = probs.topk(min(2, probs.shape[-1]), dim=-1).indices  # (N, 2)
+    hit1 = primary.gather(-1, top2[:, :1]).squeeze(-1)  # (N,)
+    row = torch.where(hit1, top2[:, 0], targets.argmax(-1))  # (N,)
     confusion = torch.zeros(len(experts), len(experts), dtype=torch.long)
-    confusion.index_put_((primary, top2[:, 0]), torch.ones_like(primary), accumulate=True)
+    confusion.index_put_((row, top2[:, 0]), torch.ones_like(row), accumulate=True)
     return {
-        "top1": (top2[:, 0] == primary).float().mean().item(),
-        "top2": (top2 == primary[:, None]).any(-1).float().mean().item(),
+        "top1": hit1.float().mean().item(),
+        "top2": primary.gather(-1, top2).any(-1).float().mean().item(),
         "confusion": {"experts": list(experts), "counts": confusion.tolist()},
     }
 

@@ -47,6 +47,10 @@ def test_routing_metrics_count_top1_top2_and_confusion() -> None:
     m = routing_metrics(probs, targets, ("a", "b", "c"))
     assert m["top1"] == pytest.approx(1 / 3) and m["top2"] == pytest.approx(2 / 3)
     assert m["confusion"]["counts"] == [[1, 0, 0], [1, 0, 1], [0, 0, 0]]
+    tied = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5]])  # 50/50 situations: either pole is right
+    m = routing_metrics(torch.tensor([[0.2, 0.7, 0.1], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1]]), tied, ("a", "b", "c"))
+    assert m["top1"] == pytest.approx(2 / 3) and m["top2"] == pytest.approx(1.0)
+    assert m["confusion"]["counts"] == [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
 
 
 @pytest.mark.slow
