@@ -114,6 +114,24 @@ def opposite_replies(rows: list[tuple[int, str, str]], experts: tuple[str, ...])
 def read_persona_file(path: Path) -> list[tuple[str, str]]:
     """(situation, reply) of every row of one expert's persona JSONL; a malformed row is an error naming file and
     line."""
+    return [(situation, reply) for _, situation, reply in persona_rows(path)]
+
+
+def check_row_lengths(policy: PersonaFusePolicy, data_dir: Path, experts: tuple[str, ...], max_tokens: int) -> None:
+    """Before training: every row's prompt + reply + EOS fits ``max_tokens``, else an error naming file and line."""
+    for name in experts:
+        path = data_dir / f"{name}.jsonl"
+        for lineno, situation, reply in persona_rows(path):
+            prompt, answer = tokenize_row(policy, situation, reply)
+            if len(prompt) + len(answer) > max_tokens:
+                raise ValueError(
+                    f"{path}: line {lineno}: {len(prompt) + len(answer)} tokens (prompt + reply + EOS), more than "
+                    f"max_tokens={max_tokens}; raise max_tokens or shorten the row"
+                )
+
+
+def persona_rows(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, situation, reply) of every row of one expert's persona JSONL (``read_persona_file``)."""
     pairs = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -129,7 +147,7 @@ def read_persona_file(path: Path) -> list[tuple[str, str]]:
             and row["reply"].strip()
         ):
             raise ValueError(f"{path}: line {lineno}: needs non-empty 'situation' and 'reply' strings")
-        pairs.append((row["situation"], row["reply"]))
+        pairs.append((lineno, row["situation"], row["reply"]))
     return pairs
 
 
@@ -253,14 +271,18 @@ def evaluate(policy: PersonaFusePolicy, rows: list[tuple[int, str, str]], cfg: A
 
 
 def split_heldout(rows: list, num_experts: int, fraction: float) -> tuple[list, list]:
-    """(train, held): the first ``fraction`` of each expert's (shuffled) rows are held out, rounded, and at least one
-    row for an expert with two or more (small CPU runs still report held-out NLL)."""
+    """(train, held): per expert, the rows of the first ``fraction`` of its situations (in the rows' shuffled order)
+    are held out whole, so no held-out reply shares its situation with a training one (samples_per_situation > 1);
+    rounded, and at least one situation for an expert with two or more (small CPU runs still report held-out NLL)."""
     train, held = [], []
     for e in range(num_experts):
         mine = [r for r in rows if r[0] == e]
-        k = min(max(round(fraction * len(mine)), 1), len(mine) - 1) if fraction > 0 and len(mine) >= 2 else 0
-        held += mine[:k]
-        train += mine[k:]
+        situations = list(dict.fromkeys(r[1] for r in mine))  # first-seen order
+        n = len(situations)
+        k = min(max(round(fraction * n), 1), n - 1) if fraction > 0 and n >= 2 else 0
+        out = set(situations[:k])
+        held += [r for r in mine if r[1] in out]
+        train += [r for r in mine if r[1] not in out]
     return train, held
 
 
@@ -312,6 +334,7 @@ def optimizer_step(cfg: AdapterSFTConfig, policy: PersonaFusePolicy) -> Callable
 def train_adapters(cfg: AdapterSFTConfig) -> Path:
     policy = PersonaFusePolicy.from_pretrained(cfg.init_from) if cfg.init_from else fresh_policy(cfg)
     rows = load_rows(Path(cfg.data_dir), policy.experts)
+    check_row_lengths(policy, Path(cfg.data_dir), policy.experts, cfg.max_tokens)
     rng = random.Random(cfg.seed)
     rng.shuffle(rows)
     train, held = split_heldout(rows, len(policy.experts), cfg.heldout_fraction)

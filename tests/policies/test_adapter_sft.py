@@ -91,12 +91,18 @@ def test_deepspeed_engine_matches_plain_adamw_and_bf16_mixed_learns(tmp_path, ti
         assert after == pytest.approx(fp32_report["heldout_after"][name]["nll_expert"], rel=0.15)
 
 
-def test_every_expert_with_two_rows_holds_one_out() -> None:
-    rows = [(0, "s", "r")] * 8 + [(1, "s", "r")] * 2 + [(2, "s", "r")] + [(3, "s", "r")] * 30
+def test_every_expert_with_two_situations_holds_one_out_whole() -> None:
+    rows = (
+        [(0, f"s{i}", "r") for i in range(8)] + [(1, f"s{i}", "r") for i in range(2)] + [(2, "s0", "r")]
+        + [(3, f"s{i % 10}", f"r{i}") for i in range(30)]  # 10 situations x 3 replies
+    )  # fmt: skip
     train, held = split_heldout(rows, 4, 0.1)
-    assert [sum(r[0] == e for r in held) for e in range(4)] == [1, 1, 0, 3]
+    assert [sum(r[0] == e for r in held) for e in range(4)] == [1, 1, 0, 3]  # expert 3: one situation, 3 replies
     assert len(train) + len(held) == len(rows)
+    for e in range(4):  # no held-out situation of an expert is in its training rows
+        assert not {r[1] for r in held if r[0] == e} & {r[1] for r in train if r[0] == e}
     assert split_heldout(rows, 4, 0.0)[1] == []
+    assert split_heldout([(0, "s", "r")] * 5, 1, 0.5)[1] == []  # one situation: nothing to hold out whole
 
 
 def test_pole_contrast_loss_matches_hand_values() -> None:
@@ -146,3 +152,17 @@ def test_persona_file_skips_blank_lines_and_names_bad_ones(tmp_path) -> None:
     path.write_text(f"{row}\n\n{{oops\n")
     with pytest.raises(ValueError, match=r"openness_high\.jsonl: line 3: not JSON"):
         read_persona_file(path)
+
+
+def test_an_over_long_row_is_named_by_file_and_line_before_training(tmp_path, tiny_policy) -> None:
+    from policies.adapter_sft import check_row_lengths
+
+    experts = tiny_policy.experts[:2]
+    for name in experts:
+        rows = [{"situation": "My cat died.", "reply": "I am so sorry."}] * 3
+        if name == experts[1]:
+            rows[2] = {"situation": "My cat died.", "reply": "so sorry " * 200}
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    check_row_lengths(tiny_policy, tmp_path, experts[:1], max_tokens=64)
+    with pytest.raises(ValueError, match=rf"{experts[1]}\.jsonl: line 3: \d+ tokens \(prompt \+ reply \+ EOS\)"):
+        check_row_lengths(tiny_policy, tmp_path, experts, max_tokens=64)
