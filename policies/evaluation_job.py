@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -25,7 +25,7 @@ from policies.evaluation import (
     win_rate,
 )
 from policies.policy import PersonaFusePolicy
-from policies.situations import load_situations
+from policies.situations import load_situations, spread_over_categories
 from policies.trait_probes import MEASURES, trait_direction_table
 
 
@@ -40,14 +40,16 @@ class EvaluationConfig(FrozenConfig):
     win_rate_reward: str = Field("reward_model", description="Registered reward component judging the win rate.")
     win_rate_options: dict[str, Any] = Field(default_factory=dict, description="Its options (default: embedded).")
     situations: str = Field("builtin", description="Situations for routing and win rate (held-out split).")
-    max_win_rate_prompts: int = Field(20, ge=1, description="Held-out situations used for the win rate.")
+    max_win_rate_prompts: int = Field(
+        20, ge=1, description="Held-out situations used for the win rate, taken in turn from each category."
+    )
     max_new_tokens: int = Field(64, ge=1, description="Reply length for win rate and safety.")
     trait_references: dict[str, str] = Field(
         default_factory=dict,
         description="Other policy folders (label -> folder) whose trait-direction tables the report shows beside this "
         "policy's; jobs/pipeline.py adds stage 1's experts as 'after stage 1'.",
     )
-    sections: tuple[str, ...] = Field(
+    sections: tuple[Literal["traits", "multiple_choice", "reasoning", "win_rate", "safety", "routing"], ...] = Field(
         ("traits", "multiple_choice", "reasoning", "win_rate", "safety", "routing"), description="What to run."
     )
 
@@ -97,7 +99,14 @@ def run_evaluation(cfg: EvaluationConfig) -> Path:
     import rewards.compose  # noqa: F401  (registers the reward components)
     from rewards.base import get_reward
 
+    # Everything that can be wrong with the inputs fails here, before minutes of scoring.
     files = _load_files(cfg)
+    for folder in (cfg.policy, *cfg.trait_references.values()):
+        PersonaFusePolicy.saved_config(folder, base_model=cfg.base_model)  # a policy folder, or a clear error
+    scorer = None
+    if "win_rate" in cfg.sections:
+        options = cfg.win_rate_options or ({"path": "embedded-social"} if cfg.win_rate_reward == "reward_model" else {})
+        scorer = get_reward(cfg.win_rate_reward)(**options)
     policy = PersonaFusePolicy.from_pretrained(cfg.policy, base_model=cfg.base_model).eval()
     held = load_situations(cfg.situations, "heldout")
     report: dict[str, Any] = {"policy": cfg.policy, "experts": list(policy.experts)}
@@ -129,10 +138,8 @@ def run_evaluation(cfg: EvaluationConfig) -> Path:
                 f: timed(f"{section}:{f}", lambda items=items: _score_items(policy, items, cfg))
                 for f, items in items_by_file.items()
             }
-    if "win_rate" in cfg.sections:
-        options = cfg.win_rate_options or ({"path": "embedded-social"} if cfg.win_rate_reward == "reward_model" else {})
-        scorer = get_reward(cfg.win_rate_reward)(**options)
-        prompts = [s.text for s in held[: cfg.max_win_rate_prompts]]
+    if scorer is not None:
+        prompts = [s.text for s in spread_over_categories(held, cfg.max_win_rate_prompts)]  # every category
         report["win_rate"] = {
             "reward": cfg.win_rate_reward,
             **timed("win_rate", lambda: win_rate(policy, prompts, scorer, cfg.max_new_tokens)),

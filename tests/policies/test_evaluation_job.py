@@ -51,3 +51,20 @@ def test_a_malformed_file_fails_before_the_model_loads(tmp_path) -> None:
                            reasoning=(str(bad),))  # fmt: skip
     with pytest.raises(ValueError, match=r"short\.jsonl: line 1"):  # not the missing policy folder
         run_evaluation(cfg)
+
+
+def test_bad_references_rewards_and_sections_fail_before_any_scoring(tmp_path, tiny_policy) -> None:
+    """A misspelt reward, a reference folder that holds no policy, or an unknown section: an error before the
+    minutes of trait scoring, not after them."""
+    from pydantic import ValidationError
+
+    folder = tmp_path / "policy"
+    tiny_policy.save_pretrained(folder)
+    base = {"policy": str(folder), "output_dir": str(tmp_path / "eval"), "sections": ("traits", "win_rate")}
+    with pytest.raises(ValueError, match="reward_modle"):
+        run_evaluation(EvaluationConfig(**base, win_rate_reward="reward_modle"))
+    with pytest.raises(FileNotFoundError, match="not a PersonaFuse policy folder"):
+        run_evaluation(EvaluationConfig(**base, trait_references={"stage 1": str(tmp_path / "nothing")}))
+    with pytest.raises(ValidationError, match="sections"):
+        EvaluationConfig(**{**base, "sections": ("traits", "safty")})
+    assert not (tmp_path / "eval").exists()
