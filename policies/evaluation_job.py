@@ -95,6 +95,26 @@ def _score_items(policy: PersonaFusePolicy, items: list, cfg: EvaluationConfig) 
     return {"policy": evaluate_mc(policy, items, "auto"), "base": evaluate_mc(policy, items, None)}
 
 
+def win_rate_options(cfg: EvaluationConfig) -> dict[str, Any]:
+    return cfg.win_rate_options or ({"path": "embedded-social"} if cfg.win_rate_reward == "reward_model" else {})
+
+
+def check_win_rate_reward(cfg: EvaluationConfig) -> None:
+    """The win-rate reward's cheap checks, loading nothing: a registered name, and its ``preflight`` (a missing
+    model folder); ValueError naming win_rate_reward."""
+    import rewards.compose  # noqa: F401  (registers the reward components)
+    from rewards.base import get_reward
+
+    if "win_rate" not in cfg.sections:
+        return
+    try:
+        check = getattr(get_reward(cfg.win_rate_reward), "preflight", None)
+        if check is not None:
+            check(**win_rate_options(cfg))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"win_rate_reward={cfg.win_rate_reward!r}: {exc}") from exc
+
+
 def run_evaluation(cfg: EvaluationConfig) -> Path:
     import rewards.compose  # noqa: F401  (registers the reward components)
     from rewards.base import get_reward
@@ -103,10 +123,8 @@ def run_evaluation(cfg: EvaluationConfig) -> Path:
     files = _load_files(cfg)
     for folder in (cfg.policy, *cfg.trait_references.values()):
         PersonaFusePolicy.saved_config(folder, base_model=cfg.base_model)  # a policy folder, or a clear error
-    scorer = None
-    if "win_rate" in cfg.sections:
-        options = cfg.win_rate_options or ({"path": "embedded-social"} if cfg.win_rate_reward == "reward_model" else {})
-        scorer = get_reward(cfg.win_rate_reward)(**options)
+    check_win_rate_reward(cfg)
+    scorer = get_reward(cfg.win_rate_reward)(**win_rate_options(cfg)) if "win_rate" in cfg.sections else None
     policy = PersonaFusePolicy.from_pretrained(cfg.policy, base_model=cfg.base_model).eval()
     held = load_situations(cfg.situations, "heldout")
     report: dict[str, Any] = {"policy": cfg.policy, "experts": list(policy.experts)}

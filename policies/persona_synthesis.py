@@ -88,7 +88,9 @@ class SynthesisConfig(FrozenConfig):
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM engine: memory share.")
     output_dir: str = Field(description="One <expert>.jsonl per expert + manifest.json, written atomically.")
     situations: str = Field("builtin", description="Labelled situations (policies/situations.py).")
-    split: str = Field("train", description="Which split to write data for ('train'; held-out stays unseen).")
+    split: Literal["train", "heldout"] = Field(
+        "train", description="Which split to write data for (train; the held-out split stays unseen by training)."
+    )
     experts: tuple[str, ...] = Field(DEFAULT_EXPERTS, description="Poles to write data for.")
     samples_per_situation: int = Field(1, ge=1, description="Replies sampled per situation and pole.")
     max_situations: int | None = Field(

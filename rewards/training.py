@@ -148,7 +148,11 @@ def load_rows(path: str, cfg: RewardTrainingConfig) -> list[PairRow] | list[Labe
             rows.append(PairRow(prompt, chosen, rejected, margin, group))
         else:
             completion = _text(row, d.completion_field, where, role="assistant")
-            rows.append(LabelRow(prompt, completion, tuple(_number(row, f, where) for f in d.labels), group))
+            labels = tuple(_number(row, f, where) for f in d.labels)
+            for f, value in zip(d.labels, labels, strict=True):
+                if cfg.label_loss == "bce" and not 0.0 <= value <= 1.0:
+                    raise RewardDataError(f"{where}: field {f!r} is {value}; label_loss=bce needs labels in [0, 1]")
+            rows.append(LabelRow(prompt, completion, labels, group))
     if not rows:
         raise RewardDataError(f"{path}: no rows")
     return rows
@@ -354,10 +358,6 @@ def _train_labels(cfg: RewardTrainingConfig, train_rows: list[LabelRow], eval_ro
 
     problem_type = "multi_label_classification" if cfg.label_loss == "bce" else "regression"
     model, tokenizer = _load_for_training(cfg, cfg.data.labels, problem_type)
-    if cfg.label_loss == "bce":
-        bad = [r.labels for r in train_rows + eval_rows if not all(0.0 <= v <= 1.0 for v in r.labels)]
-        if bad:
-            raise RewardDataError(f"label_loss=bce needs labels in [0, 1]; found {bad[0]}")
 
     def dataset(rows: list[LabelRow]) -> Dataset:
         ids = tokenize_pairs(tokenizer, [r.prompt for r in rows], [r.completion for r in rows], cfg.max_length)

@@ -19,9 +19,10 @@ from pydantic import Field
 
 from policies.adapter_sft import AdapterSFTConfig
 from policies.config import FrozenConfig
-from policies.evaluation_job import EvaluationConfig
+from policies.evaluation_job import EvaluationConfig, check_win_rate_reward
 from policies.persona_synthesis import SynthesisConfig
 from policies.router_training import RouterTrainingConfig
+from rewards.compose import preflight
 from rlhf.config import JobConfig, load_config
 
 STAGES = ("persona_data", "adapters", "router", "rl", "evaluation")
@@ -38,8 +39,32 @@ class PipelineConfig(FrozenConfig):
     evaluation: dict[str, Any] = Field(default_factory=dict, description="EvaluationConfig settings.")
 
 
+# Keys the pipeline sets itself (outputs wired to inputs; stage 2 starts from stage 1's policy, so its base model
+# and router shape come from there): set in a stage's section they would be overwritten or ignored.
+WIRED = {
+    "persona_data": ("output_dir",),
+    "adapters": ("data_dir", "output_dir"),
+    "router": ("init_from", "output_dir", "base_model", "router"),
+    "evaluation": ("policy", "output_dir"),
+}
+
+
 def stage_configs(cfg: PipelineConfig) -> dict[str, FrozenConfig]:
-    """Every stage's validated config, wired output -> input."""
+    """Every stage's validated config, wired output -> input; the reward terms' cheap checks (a missing model
+    folder) run too, so a bad path stops the pipeline before stage 1 rather than when RL or evaluation starts."""
+    for stage, keys in WIRED.items():
+        if wired := [k for k in keys if k in getattr(cfg, stage)]:
+            raise ValueError(
+                f"{', '.join(f'{stage}.{k}' for k in wired)}: set by the pipeline itself (base_model and output_dir "
+                "at the top level; stage 2's router shape in adapters.router)"
+            )
+    configs = _stage_configs(cfg)
+    preflight(configs["rl"].rewards)
+    check_win_rate_reward(configs["evaluation"])
+    return configs
+
+
+def _stage_configs(cfg: PipelineConfig) -> dict[str, FrozenConfig]:
     root = Path(cfg.output_dir)
     data, adapters, router, rl = (root / name for name in ("persona_data", "adapters", "router", "rl"))
     teacher = {"teacher": cfg.base_model}

@@ -64,6 +64,12 @@ def test_malformed_rows_name_file_and_line(tmp_path) -> None:
     cfg = _config(tmp_path, str(path), task="labels", data={"labels": ["warmth"]})
     with pytest.raises(RewardDataError, match=r"line 1: field 'warmth' must be a finite number"):
         load_rows(str(path), cfg)
+    path.write_text(
+        '{"prompt": "p", "completion": "a", "warmth": 0.5}\n{"prompt": "p", "completion": "a", "warmth": 3}\n'
+    )
+    load_rows(str(path), cfg)  # regression (mse) takes any number
+    with pytest.raises(RewardDataError, match=r"line 2: field 'warmth' is 3.0; label_loss=bce needs labels in"):
+        load_rows(str(path), cfg.model_copy(update={"label_loss": "bce"}))
 
 
 def test_conversational_rows_use_the_last_turns(tmp_path) -> None:

@@ -39,6 +39,25 @@ def test_every_stage_config_is_validated_up_front(tmp_path, tiny_model_dir) -> N
         stage_configs(bad)
 
 
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"router": {"router": {"top_k": 3}}}, r"router\.router: set by the pipeline itself"),
+        ({"adapters": {"output_dir": "x", "data_dir": "y"}}, r"adapters\.data_dir, adapters\.output_dir: set by"),
+        ({"rl": ["rewards.components=[{name: reward_model, weight: 1, options: {path: /no/such/rm}}]"]}, "/no/such/rm"),
+        ({"evaluation": {"win_rate_reward": "reward_model", "win_rate_options": {"path": "/no/rm"}}}, "/no/rm"),
+        ({"evaluation": {"win_rate_reward": "reward_modle"}}, "win_rate_reward='reward_modle'"),
+    ],
+)
+def test_settings_the_pipeline_would_ignore_or_that_fail_later_fail_up_front(
+    tmp_path, tiny_model_dir, update: dict, message: str
+) -> None:
+    """Keys the pipeline wires itself, and reward folders or names that would only fail when RL or the evaluation
+    starts (after stage 1's minutes), stop it before any stage."""
+    with pytest.raises(ValueError, match=message):
+        stage_configs(_config(tmp_path, tiny_model_dir).model_copy(update=update))
+
+
 @pytest.mark.slow
 def test_pipeline_runs_end_to_end_and_resumes(ray_local, tmp_path, tiny_model_dir) -> None:
     cfg = _config(tmp_path, tiny_model_dir)
