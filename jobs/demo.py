@@ -1,5 +1,5 @@
 """The main job on the embedded default, as a cluster user runs it: start a local Ray head, `ray job submit` the
-GRPO run, show where the curves are and one reply before vs after, stop Ray.
+run (jobs/grpo.py, or jobs/ppo.py for a PPO preset), show where the curves are and one reply before vs after, stop Ray.
 
     python jobs/demo.py                                       # configs/smollm2_cpu_grpo.yaml (what `make demo` runs)
     python jobs/demo.py --config configs/tiny_test.yaml policy.base_model=DIR    # any preset + overrides
@@ -49,7 +49,7 @@ def start_head(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     return head, f"http://127.0.0.1:{dashboard}"
 
 
-def submit(address: str, job_args: list[str], env: dict[str, str], head: subprocess.Popen) -> None:
+def submit(address: str, job: str, job_args: list[str], env: dict[str, str], head: subprocess.Popen) -> None:
     """`ray job submit --no-wait`, then follow the job's log here and check its final status. The submission is
     retried while the head is still starting: its dashboard may refuse or drop the connection, or answer before its
     job agent is up ("No available agent"). The submission id is fixed, so a retry never runs the job twice: if a
@@ -59,7 +59,7 @@ def submit(address: str, job_args: list[str], env: dict[str, str], head: subproc
     cmd = [
         ray, "job", "submit", f"--address={address}", f"--submission-id={job_id}", "--no-wait", "--working-dir", ".",
         "--", sys.executable,  # the entrypoint runs in a shell on the head: this interpreter, not PATH's `python`
-        "jobs/grpo.py", *job_args,
+        job, *job_args,
     ]  # fmt: skip
     print("$ RAY_AUTH_MODE=disabled ray " + " ".join(cmd[1:]), flush=True)
     starting = ("No available agent", "Failed to connect", "Connection aborted", "Connection refused")
@@ -165,7 +165,7 @@ def main() -> int:
     for attempt in range(1, HEAD_STARTS + 1):
         head, address = start_head(env)
         try:
-            submit(address, ["--config", args.config, *overrides], env, head)
+            submit(address, f"jobs/{cfg.algorithm.name}.py", ["--config", args.config, *overrides], env, head)
             break
         except HeadNotReady as exc:
             if attempt == HEAD_STARTS:
