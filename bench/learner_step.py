@@ -98,7 +98,8 @@ def main() -> None:
     counts = [MinibatchCounts(tokens=float(batch.response_mask.sum()), seqs=float(len(batch)))]
     times: dict[str, list[float]] = {}
     for round_ in range(args.rounds):
-        for name, cfg in configs.items():
+        order = list(configs.items())
+        for name, cfg in order if round_ % 2 else order[::-1]:  # alternate which variant runs first (README)
             learner.cfg = cfg  # the only difference between the variants
             scored = batch.select(slice(None))
             seconds, columns = timed(partial(learner.score, scored))

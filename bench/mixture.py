@@ -121,7 +121,9 @@ def main() -> None:
         input_ids = torch.randint(0, policy.model.config.vocab_size, (BATCH, SEQ))
         times: dict[str, list[float]] = {name: [] for name in variants}
         for round_ in range(args.repeats + 1):  # round 0 warms up
-            for name, step in list(variants.items()):
+            names = list(variants)
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:  # each round starts elsewhere
+                step = variants[name]
                 try:
                     seconds = step(input_ids)
                 except Exception as exc:
@@ -133,15 +135,8 @@ def main() -> None:
             print(f"round {round_}: " + ", ".join(f"{n}={t[-1]:.2f}s" for n, t in times.items() if t), flush=True)
 
     median = {name: statistics.median(t) for name, t in times.items() if t}
-    ratio = {}
-    if {"a", "b"} <= median.keys():
-        ratio["b/a"] = median["b"] / median["a"]
-        ratio["b_dense/a"] = median["b_dense"] / median["a"]
-    if {"b", "c"} <= median.keys():
-        ratio["c/b"] = median["c"] / median["b"]
-        ratio["c/b_dense"] = median["c"] / median["b_dense"]
-    if {"b", "d"} <= median.keys():
-        ratio["d/b"] = median["d"] / median["b"]
+    pairs = (("b", "a"), ("b_dense", "a"), ("c", "b"), ("c", "b_dense"), ("d", "b"))
+    ratio = {f"{x}/{y}": median[x] / median[y] for x, y in pairs if {x, y} <= median.keys()}  # what both ran
     result = {
         "bench": "mixture",
         "model": "SmolLM2-135M-Instruct",
