@@ -75,21 +75,28 @@ def test_generate_and_logprobs_match_the_policy(tiny_model_dir, dtype: str, tol:
     assert (dtype == "fp32") == torch.allclose(relogged * batch.response_mask, batch.rollout_logprobs, atol=1e-4)
 
 
-def test_truncated_marks_the_replies_cut_off_at_the_limit(worker) -> None:
-    """An output bias makes EOS likely (p ~ 0.3 a token), so some of the 8 replies end within the 6 tokens and some
-    are cut off; ``truncated`` is set exactly on the cut-off ones."""
-    model, eos = worker.policy.model, worker.policy.tokenizer.eos_token_id
+def sample_favouring(worker: RolloutWorker, token: int):
+    """Samples 2 prompts x 4 replies with an output bias of 10 on ``token`` (p ~ 0.3 a step): (batch, reply lengths,
+    which replies end on ``token``)."""
+    model = worker.policy.model
     head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
     with torch.no_grad():
         head.weight.copy_(model.lm_head.weight)
         head.bias.zero_()
-        head.bias[eos] = 10.0
+        head.bias[token] = 10.0
     model.lm_head = head
     worker.set_weights(snapshot(worker.policy, version=0))
     records = load_prompts("builtin")[:2]
     batch = worker.generate(records, routed(worker, records), group_offset=0, version=0, seed=1)
     lengths = batch.response_mask.sum(-1)
-    ended = torch.stack([row[n - 1] == eos for row, n in zip(batch.response_ids, lengths, strict=True)])
+    ended = torch.stack([row[n - 1] == token for row, n in zip(batch.response_ids, lengths, strict=True)])
+    return batch, lengths, ended
+
+
+def test_truncated_marks_the_replies_cut_off_at_the_limit(worker) -> None:
+    """An output bias makes EOS likely (p ~ 0.3 a token), so some of the 8 replies end within the 6 tokens and some
+    are cut off; ``truncated`` is set exactly on the cut-off ones."""
+    batch, lengths, ended = sample_favouring(worker, worker.policy.tokenizer.eos_token_id)
     assert ended.any() and not ended.all()
     assert torch.equal(batch.truncated, ~ended) and (lengths[batch.truncated] == 6).all()
 
@@ -112,18 +119,7 @@ def test_the_models_generation_defaults_do_not_change_sampling_but_its_eos_ids_e
     config.update(eos_token_id=[config["eos_token_id"], worker_eos], min_new_tokens=6, repetition_penalty=1.5)
     (model_dir / "generation_config.json").write_text(json.dumps(config))
     worker = make_worker(model_dir)
-    model = worker.policy.model
-    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
-    with torch.no_grad():
-        head.weight.copy_(model.lm_head.weight)
-        head.bias.zero_()
-        head.bias[worker_eos] = 10.0
-    model.lm_head = head
-    worker.set_weights(snapshot(worker.policy, version=0))
-    records = load_prompts("builtin")[:2]
-    batch = worker.generate(records, routed(worker, records), group_offset=0, version=0, seed=1)
-    lengths = batch.response_mask.sum(-1)
-    ended = torch.stack([row[n - 1] == worker_eos for row, n in zip(batch.response_ids, lengths, strict=True)])
+    batch, lengths, ended = sample_favouring(worker, worker_eos)
     assert ended.any() and (lengths[ended] < 6).any() and torch.equal(batch.truncated, ~ended)
     relogged = worker.policy.logprobs(batch.input_ids, batch.attention_mask, 6, batch.routing_weights)
     torch.testing.assert_close(relogged * batch.response_mask, batch.rollout_logprobs, atol=1e-4, rtol=0)
