@@ -102,15 +102,12 @@ def win_rate_options(cfg: EvaluationConfig) -> dict[str, Any]:
 def check_win_rate_reward(cfg: EvaluationConfig) -> None:
     """The win-rate reward's cheap checks, loading nothing: a registered name, and its ``preflight`` (a missing
     model folder); ValueError naming win_rate_reward."""
-    import rewards.compose  # noqa: F401  (registers the reward components)
-    from rewards.base import get_reward
+    from rewards.compose import check_term
 
     if "win_rate" not in cfg.sections:
         return
     try:
-        check = getattr(get_reward(cfg.win_rate_reward), "preflight", None)
-        if check is not None:
-            check(**win_rate_options(cfg))
+        check_term(cfg.win_rate_reward, win_rate_options(cfg))
     except (OSError, ValueError) as exc:
         raise ValueError(f"win_rate_reward={cfg.win_rate_reward!r}: {exc}") from exc
 

@@ -185,12 +185,17 @@ def preflight(config: RewardsConfig) -> None:
     rubric file), so a bad path fails before a job starts Ray or loads any model; ValueError naming the term."""
     for group in ("components", "safety"):
         for index, term in enumerate(getattr(config, group)):
-            check = getattr(get_reward(term.name), "preflight", None)
             try:
-                if check is not None:
-                    check(**term.options)
+                check_term(term.name, term.options)
             except (OSError, ValueError) as exc:
                 raise ValueError(f"rewards.{group}[{index}] ({term.label}): {exc}") from exc
+
+
+def check_term(name: str, options: Mapping[str, Any]) -> None:
+    """One reward's cheap checks: a registered name, and its factory's ``preflight(**options)`` where it has one."""
+    check = getattr(get_reward(name), "preflight", None)
+    if check is not None:
+        check(**options)
 
 
 def _build(term: RewardTerm, factories: Mapping[str, RewardFactory]) -> RewardFn:
