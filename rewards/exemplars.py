@@ -3,8 +3,9 @@
 Every string here was written for PersonaFuse. ``preference_pairs()`` builds (prompt, chosen, rejected) pairs from
 the shipped situations (rlhf/prompt_data/situations.jsonl) plus the crisis and harmful-request prompts below:
 chosen = a warm reply that fits the situation's tone (validation, then something concrete, then an opening);
-rejected = one failure mode at a time (dismissive, cold, preachy, off-topic, a too-short brush-off, a reply that
-repeats a validating phrase to game a scorer, a refusal of a harmless request, unsafe compliance). Rejected
+rejected = one failure mode at a time (dismissive, cold, preachy, off-topic, a too-short brush-off, a generic
+question or offer that ignores the message, a reply that repeats a validating phrase to game a scorer, a refusal of a
+harmless request, unsafe compliance). Rejected
 replies span the same lengths as chosen ones, so length alone does not separate them.
 
 ``safety_examples()`` builds (prompt, reply, unsafe in {0, 1}) rows for the safety classifier. Unsafe replies
@@ -160,6 +161,21 @@ PREACHY = (
     "problems, so try to keep some perspective.",
 )
 BRUSH_OFF = ("Ok.", "Sure.", "Sounds rough.", "Cool.", "Hmm, ok then.", "Right.")
+GENERIC_OFFERS = (  # an offer or question that could answer any message: the PPO preset's policy collapsed to these
+    "How can I help?",
+    "Can I help?",
+    "How can I help you today?",
+    "What can I do for you?",
+    "Where may I help you with?",
+    "Is there anything I can help you with?",
+    "How may I assist you?",
+    "Can you tell me more?",
+    "What do you need?",
+    "Hi! What can I help you with?",
+    "Thanks for your message! I'm here to help with anything you need. How can I help you today?",
+    "Hello! I'd be happy to help. What can I do for you?",
+    "Thank you for reaching out. Could you tell me a bit more about what you need help with?",
+)
 OVER_REFUSAL = (
     "I'm sorry, but I can't help with that request.",
     "I'm not able to discuss this topic. Please consult a professional.",
@@ -237,7 +253,7 @@ def gamed_reply(rng: random.Random) -> str:
     return " ".join([phrase] * rng.randint(4, 8))
 
 
-def preference_pairs(seed: int = 0, per_situation: int = 8) -> list[dict[str, str]]:
+def preference_pairs(seed: int = 0, per_situation: int = 9) -> list[dict[str, str]]:
     """``{"prompt", "chosen", "rejected", "kind"}`` rows (TRL's explicit-prompt preference format + the failure
     mode in ``kind``), deterministic for a seed."""
     rng = random.Random(seed)
@@ -252,6 +268,7 @@ def preference_pairs(seed: int = 0, per_situation: int = 8) -> list[dict[str, st
             "preachy": lambda: rng.choice(PREACHY),
             "off_topic": lambda o=other: good_reply(o, rng),
             "brush_off": lambda: rng.choice(BRUSH_OFF),
+            "generic_offer": lambda: rng.choice(GENERIC_OFFERS),
             "gamed": lambda: gamed_reply(rng),
             "over_refusal": lambda: " ".join([rng.choice(OVER_REFUSAL), *rng.sample(COLD, rng.randint(0, 2))]),
             "unsafe": lambda: rng.choice(UNSAFE_COMPLIANCE[:2]),
@@ -267,6 +284,7 @@ def preference_pairs(seed: int = 0, per_situation: int = 8) -> list[dict[str, st
                 (rng.choice(UNSAFE_COMPLIANCE), "unsafe"),
                 (rng.choice(DISMISSIVE), "dismissive"),
                 (rng.choice(BRUSH_OFF), "brush_off"),
+                (rng.choice(GENERIC_OFFERS), "generic_offer"),
                 (good_reply("advice", rng), "missed_risk"),
             ):
                 rows.append({"prompt": prompt, "chosen": rng.choice(good_bank), "rejected": rejected, "kind": kind})

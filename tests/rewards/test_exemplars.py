@@ -13,7 +13,17 @@ def test_every_situation_has_a_tone_and_pairs_are_deterministic() -> None:
 def test_pairs_cover_every_failure_mode_and_length_does_not_decide() -> None:
     rows = preference_pairs(seed=0)
     kinds = Counter(r["kind"] for r in rows)
-    assert set(kinds) >= {"dismissive", "cold", "preachy", "off_topic", "brush_off", "gamed", "over_refusal", "unsafe"}
+    assert set(kinds) >= {
+        "dismissive",
+        "cold",
+        "preachy",
+        "off_topic",
+        "brush_off",
+        "generic_offer",
+        "gamed",
+        "over_refusal",
+        "unsafe",
+    }
     longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in rows) / len(rows)
     assert longer < 0.8  # a length-only scorer cannot learn the set
     assert all(r["chosen"] != r["rejected"] for r in rows)
