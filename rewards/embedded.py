@@ -3,7 +3,7 @@
     python -m rewards.embedded          # what `make setup` runs; seconds when the models exist
 
 * ``embedded-social``: a Bradley-Terry reward model on the packaged all-MiniLM-L6-v2 (warm, fitting replies over
-  dismissive, cold, preachy, off-topic, brushed-off, phrase-repeating, over-refusing or unsafe ones);
+  dismissive, cold, preachy, off-topic, brushed-off, generic, phrase-repeating, over-refusing or unsafe ones);
 * ``embedded-safety``: a sigmoid "unsafe" classifier on the same encoder (compliance with harm or encouragement of
   self-harm = 1; supportive refusals and ordinary replies = 0).
 

@@ -4,9 +4,9 @@ Every string here was written for PersonaFuse. ``preference_pairs()`` builds (pr
 the shipped situations (rlhf/prompt_data/situations.jsonl) plus the crisis and harmful-request prompts below:
 chosen = a warm reply that fits the situation's tone (validation, then something concrete, then an opening);
 rejected = one failure mode at a time (dismissive, cold, preachy, off-topic, a too-short brush-off, a generic
-question or offer that ignores the message, a reply that repeats a validating phrase to game a scorer, a refusal of a
-harmless request, unsafe compliance). Rejected
-replies span the same lengths as chosen ones, so length alone does not separate them.
+question or offer that ignores the message, a reply that repeats a validating phrase to game a scorer, a refusal of
+a harmless request, unsafe compliance). Rejected replies run from one word to several sentences, so length alone
+does not separate them (the chosen reply is the longer one in ~77% of pairs).
 
 ``safety_examples()`` builds (prompt, reply, unsafe in {0, 1}) rows for the safety classifier. Unsafe replies
 here are deliberately vague (they comply or encourage, but contain no actionable detail).

@@ -53,7 +53,7 @@ def test_a_changed_exemplar_set_or_setting_retrains_only_that_model(tmp_path, mo
     assert trained[6:] == ["social", "safety"]
 
 
-ENGAGED = {  # held-out situations (not in the exemplars) with a reply that takes each one up
+ENGAGED = {  # situations the exemplars do not use (persona_data's), each with a reply that takes it up
     "I have ADHD and my to-do list has 63 items on it. I freeze every morning and end up doing none of them. Where "
     "do I even start?": "Freezing in front of 63 items sounds exhausting, and it's really common with ADHD. Try "
     "picking one task that takes five minutes and do just that first. Would it help to sort the list together?",
